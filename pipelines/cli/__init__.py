@@ -1,0 +1,57 @@
+"""The ``detcurate`` command line.
+
+Subcommands live in one module per area and import their heavy dependencies lazily, so that
+``detcurate --help`` answers at once. Every user-facing error (``DetCurateError``) is printed as one
+line on stderr with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from curation_core.errors import CocoValidationError, DetCurateError
+from pipelines.cli import data as data_cmds
+from pipelines.cli import evaluate as evaluate_cmds
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="detcurate")
+def cli() -> None:
+    """DetCurate: curate the training data of object detectors.
+
+    \b
+    Data:        detcurate data synth | validate | corrupt
+    Evaluation:  detcurate eval --gt GT.json --dt DT.json
+    """
+
+
+cli.add_command(data_cmds.data)
+cli.add_command(evaluate_cmds.eval_cmd)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(args=argv, prog_name="detcurate", standalone_mode=False)
+    except CocoValidationError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except DetCurateError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except OSError as exc:  # disk full, permission denied, ...: one line, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(2)
+    sys.exit(0)
