@@ -73,11 +73,14 @@ class CocoDataset:
         return {**self.extra, "images": self.images, "annotations": self.annotations, "categories": self.categories}
 
     def to_pycocotools(self) -> Any:
-        """A ``pycocotools.coco.COCO`` object over these records (no file is read)."""
+        """A ``pycocotools.coco.COCO`` object over copies of these records (no file is read).
+
+        The annotations are copied because ``COCOeval`` writes ``ignore``/``_ignore`` into them.
+        """
         from pycocotools.coco import COCO
 
         coco = COCO()
-        coco.dataset = self.to_dict()
+        coco.dataset = {**self.to_dict(), "annotations": [dict(a) for a in self.annotations]}
         _quiet(coco.createIndex)
         return coco
 

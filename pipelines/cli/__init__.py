@@ -14,6 +14,7 @@ import click
 from curation_core.errors import CocoValidationError, DetCurateError
 from pipelines.cli import data as data_cmds
 from pipelines.cli import evaluate as evaluate_cmds
+from pipelines.cli import score as score_cmds
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -24,11 +25,13 @@ def cli() -> None:
     \b
     Data:        detcurate data synth | validate | corrupt
     Evaluation:  detcurate eval --gt GT.json --dt DT.json
+    DetGain:     detcurate score --gt GT.json --teacher-dt T.json --student-dt S.json
     """
 
 
 cli.add_command(data_cmds.data)
 cli.add_command(evaluate_cmds.eval_cmd)
+cli.add_command(score_cmds.score_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -46,3 +46,11 @@ def validate_cmd(annotations: Path, image_root: Path | None, tolerance: float, l
         sys.exit(2)
     n_img, n_ann, n_cat = (len(raw[k]) for k in ("images", "annotations", "categories"))
     click.echo(f"{annotations}: OK ({n_img} images, {n_ann} annotations, {n_cat} categories)")
+
+from pipelines.cli.corrupt import corrupt_cmd  # noqa: E402
+
+data.add_command(corrupt_cmd)
+
+from pipelines.cli.synth import synth_cmd  # noqa: E402
+
+data.add_command(synth_cmd)
