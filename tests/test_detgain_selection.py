@@ -62,11 +62,13 @@ def test_dispatch_and_errors() -> None:
     assert select_batch([3.0, 1.0, 2.0], 2).indices.tolist() == [0, 2]
     assert select_batch([3.0, 1.0, 2.0], 2, method="sample", temperature=1e-9,
                         rng=np.random.default_rng(0)).indices.tolist() == [0, 2]
-    with pytest.raises(ValueError, match=r"select_top\(b=\) expects an integer in \[1, B=3\]; got 4"):
-        select_top([1.0, 2.0, 3.0], 4)
-    with pytest.raises(ValueError, match=r"select_top\(b=\) expects an integer in \[1, B=3\]; got 0"):
-        select_top([1.0, 2.0, 3.0], 0)
-    with pytest.raises(ValueError, match=r"select_top\(b=\) expects an integer in \[1, B=2\]; got True"):
+    # exactly min(available, requested): a short last super-batch is kept whole
+    assert select_top([1.0, 2.0, 3.0], 4).indices.tolist() == [2, 1, 0]
+    assert select_top([1.0, 2.0, 3.0], 0).indices.tolist() == []
+    assert sorted(select_sampled([1.0, 2.0], 5, temperature=1.0, rng=np.random.default_rng(1)).indices.tolist()) == [0, 1]
+    with pytest.raises(ValueError, match=r"select_top\(b=\) expects a non-negative integer; got -1"):
+        select_top([1.0, 2.0, 3.0], -1)
+    with pytest.raises(ValueError, match=r"select_top\(b=\) expects a non-negative integer; got True"):
         select_top([1.0, 2.0], True)
     with pytest.raises(ValueError, match=r"select_top\(scores=\) expects finite numbers; got nan at index 1"):
         select_top([1.0, float("nan")], 1)

@@ -42,8 +42,8 @@ def _check(fn: str, scores: ArrayLike, b: int) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(arr))
     if bad.size:
         raise ValueError(f"{fn}(scores=) expects finite numbers; got {arr[bad[0]]} at index {int(bad[0])}.")
-    if isinstance(b, bool) or not isinstance(b, int | np.integer) or not 1 <= b <= arr.size:
-        raise ValueError(f"{fn}(b=) expects an integer in [1, B={arr.size}]; got {b!r}.")
+    if isinstance(b, bool) or not isinstance(b, int | np.integer) or b < 0:
+        raise ValueError(f"{fn}(b=) expects a non-negative integer; got {b!r}.")
     return arr
 
 
@@ -53,20 +53,25 @@ def _ranked(keys: np.ndarray, b: int) -> np.ndarray:
 
 
 def select_top(scores: ArrayLike, b: int) -> Selection:
-    """The b highest scores of a super-batch (higher = more useful); ties by lower index first."""
+    """The b highest scores of a super-batch (higher = more useful); ties by lower index first.
+
+    Returns exactly ``min(b, B)`` images: a short last super-batch is kept whole.
+    """
     arr = _check("select_top", scores, b)
     idx = _ranked(arr, b)
     return Selection(indices=idx, scores=arr[idx])
 
 
 def select_sampled(scores: ArrayLike, b: int, *, temperature: float, rng: np.random.Generator) -> Selection:
-    """b images drawn without replacement with probabilities ``softmax(scores / temperature)``."""
+    """``min(b, B)`` images drawn without replacement with probabilities ``softmax(scores / temperature)``."""
     arr = _check("select_sampled", scores, b)
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not (
             temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"select_sampled(temperature=) expects a positive finite number; got {temperature!r}.")
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"select_sampled(rng=) expects a numpy.random.Generator; got {type(rng).__name__}.")
+    if arr.size == 0:
+        return Selection(indices=np.zeros(0, np.int64), scores=arr)
     with np.errstate(over="ignore"):
         logits = (arr - arr.max()) / temperature  # <= 0; -inf only where the gap is astronomically large
     keys = logits + rng.gumbel(size=arr.size)

@@ -13,6 +13,7 @@ import click
 
 from curation_core.errors import CocoValidationError, DetCurateError
 from pipelines.cli import data as data_cmds
+from pipelines.cli import demo as demo_cmds
 from pipelines.cli import evaluate as evaluate_cmds
 from pipelines.cli import score as score_cmds
 
@@ -23,6 +24,7 @@ def cli() -> None:
     """DetCurate: curate the training data of object detectors.
 
     \b
+    Demo:        detcurate demo   (the whole pipeline on the built-in synthetic data)
     Data:        detcurate data synth | validate | corrupt
     Evaluation:  detcurate eval --gt GT.json --dt DT.json
     DetGain:     detcurate score --gt GT.json --teacher-dt T.json --student-dt S.json
@@ -30,6 +32,7 @@ def cli() -> None:
 
 
 cli.add_command(data_cmds.data)
+cli.add_command(demo_cmds.demo_cmd)
 cli.add_command(evaluate_cmds.eval_cmd)
 cli.add_command(score_cmds.score_cmd)
 
