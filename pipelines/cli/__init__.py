@@ -16,6 +16,7 @@ from pipelines.cli import data as data_cmds
 from pipelines.cli import demo as demo_cmds
 from pipelines.cli import evaluate as evaluate_cmds
 from pipelines.cli import score as score_cmds
+from pipelines.cli import train as train_cmds
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -27,6 +28,7 @@ def cli() -> None:
     Demo:        detcurate demo   (the whole pipeline on the built-in synthetic data)
     Data:        detcurate data synth | validate | corrupt
     Evaluation:  detcurate eval --gt GT.json --dt DT.json
+    Training:    detcurate train --config FILE [--set key=value] [--resume] | evaluate
     DetGain:     detcurate score --gt GT.json --teacher-dt T.json --student-dt S.json
     """
 
@@ -35,6 +37,8 @@ cli.add_command(data_cmds.data)
 cli.add_command(demo_cmds.demo_cmd)
 cli.add_command(evaluate_cmds.eval_cmd)
 cli.add_command(score_cmds.score_cmd)
+cli.add_command(train_cmds.train_cmd)
+cli.add_command(train_cmds.evaluate_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

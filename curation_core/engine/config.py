@@ -1,0 +1,316 @@
+"""The training configuration: one YAML file, validated once, then passed around frozen.
+
+Sections (every field is documented on its class; unknown fields are errors):
+
+- ``model``: which detector and backbone, input resolution, detection thresholds.
+- ``data``: COCO annotation files and image folders of the training and validation sets.
+- ``augment``: training augmentations (flip, scale jitter, photometric).
+- ``optim``: optimizer (SGD or AdamW), weight decay, gradient clipping.
+- ``schedule``: iterations, linear warm-up, then step or cosine decay.
+- ``train``: output folder, batch size, seed, device, mixed precision, checkpoint/eval intervals.
+
+``load_config(path, overrides)`` reads the YAML file and applies ``key.sub=value`` overrides on top
+(values are parsed as YAML, so ``0.01``, ``true``, ``null`` and ``[0.8, 1.2]`` work). There is no
+inheritance between files: what a run used is exactly its file plus its overrides, and the resolved
+configuration is written as ``config.yaml`` next to every checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+
+from curation_core.errors import ConfigError
+from curation_core.io import atomic_write
+
+DetectorName = Literal["fcos", "retinanet", "faster_rcnn"]
+BackboneName = Literal["tiny", "small", "resnet18", "resnet50", "resnet101", "resnet152"]
+#: Strict scalars: YAML ``true`` is not the integer 1, and ``"3"`` is not a number.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+#: Device strings accepted by ``train.device``.
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    """Detector architecture and input resolution.
+
+    ``min_size``/``max_size`` set the resolution the model sees: an image is scaled so that its short
+    side is ``min_size`` unless its long side would exceed ``max_size``. Set them to the data's
+    resolution (128 for 128 px images); torchvision's 800/1333 would upscale small images sixfold.
+    """
+
+    detector: DetectorName = Field(description="fcos (anchor-free), retinanet (one-stage), faster_rcnn (two-stage)")
+    backbone: BackboneName = Field(description="tiny/small: CPU-sized CNNs; resnetNN: ResNet; all with an FPN")
+    norm: Literal["batch", "group"] = Field("batch", description="normalisation layers of the backbone")
+    fpn_levels: Literal["auto", "p3p7", "p2p6"] = Field(
+        "auto", description="FPN levels; auto: p2p6 for faster_rcnn, p3p7 for retinanet/fcos (torchvision's)"
+    )
+    fpn_channels: Int | None = Field(None, ge=16, description="FPN width; null: 64 (tiny, small) or 256 (ResNet)")
+    min_size: Int = Field(800, ge=16, description="short side of the model input, pixels")
+    max_size: Int = Field(1333, ge=16, description="upper bound on the long side of the model input, pixels")
+    anchor_sizes: tuple[Float, ...] | None = Field(
+        None, description="RetinaNet/Faster R-CNN base anchor size per FPN level (5 values); null: by backbone"
+    )
+    score_thresh: Float = Field(0.05, ge=0.0, le=1.0, description="detections scoring below are dropped")
+    detections_per_img: Int = Field(100, ge=1, description="most detections kept per image")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.max_size < self.min_size:
+            raise ValueError(f"max_size ({self.max_size}) must be >= min_size ({self.min_size})")
+        if self.anchor_sizes is not None and (len(self.anchor_sizes) != 5 or min(self.anchor_sizes) <= 0):
+            raise ValueError(f"anchor_sizes must be 5 positive numbers (one per FPN level); got {list(self.anchor_sizes)}")
+        return self
+
+
+class DataConfig(_Section):
+    """Where the COCO data lives. Paths are taken as written (relative to the working directory)."""
+
+    train_annotations: str = Field(description="COCO JSON of the training set")
+    train_images: str = Field(description="folder the training set's file_name fields are relative to")
+    val_annotations: str | None = Field(None, description="COCO JSON of the validation set (null: no evaluation)")
+    val_images: str | None = Field(None, description="image folder of the validation set")
+    num_workers: Int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main process)")
+    check_images: Bool = Field(False, description="decode every image file once before training (slow)")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if (self.val_annotations is None) != (self.val_images is None):
+            raise ValueError("val_annotations and val_images must be given together (or both null)")
+        return self
+
+
+class AugmentConfig(_Section):
+    """Training augmentations; each image draws its own parameters from (seed, epoch, position)."""
+
+    hflip: Float = Field(0.5, ge=0.0, le=1.0, description="probability of a horizontal flip")
+    scale_range: tuple[Float, Float] = Field((1.0, 1.0), description="scale jitter: factor on the model size, [lo, hi]")
+    brightness: Float = Field(0.0, ge=0.0, lt=1.0, description="brightness factor drawn from [1 - b, 1 + b]")
+    contrast: Float = Field(0.0, ge=0.0, lt=1.0, description="contrast factor drawn from [1 - c, 1 + c]")
+    saturation: Float = Field(0.0, ge=0.0, lt=1.0, description="saturation factor drawn from [1 - s, 1 + s]")
+
+    @model_validator(mode="after")
+    def _check(self) -> AugmentConfig:
+        lo, hi = self.scale_range
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"scale_range must satisfy 0 < lo <= hi; got {list(self.scale_range)}")
+        return self
+
+
+class OptimConfig(_Section):
+    """Optimizer. ``lr`` is the peak learning rate, reached at the end of the warm-up."""
+
+    name: Literal["sgd", "adamw"] = Field("sgd", description="sgd (with momentum) or adamw")
+    lr: Float = Field(gt=0.0, description="peak learning rate")
+    momentum: Float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
+    betas: tuple[Float, Float] = Field((0.9, 0.999), description="AdamW betas")
+    weight_decay: Float = Field(1e-4, ge=0.0, description="weight decay of conv/linear weights")
+    weight_decay_norm: Float = Field(0.0, ge=0.0, description="weight decay of normalisation parameters and biases")
+    clip_grad_norm: Float | None = Field(None, gt=0.0, description="clip the global gradient L2 norm (null: off)")
+
+
+class ScheduleConfig(_Section):
+    """Learning rate: linear warm-up from ``lr * warmup_factor`` to ``lr``, then step or cosine decay."""
+
+    max_iter: Int = Field(ge=1, description="training iterations (one batch each)")
+    policy: Literal["step", "cosine"] = Field("cosine", description="decay after the warm-up")
+    warmup_iters: Int = Field(0, ge=0, description="iterations of linear warm-up")
+    warmup_factor: Float = Field(0.001, gt=0.0, le=1.0, description="lr factor at iteration 0")
+    steps: tuple[Int, ...] = Field((), description="step policy: iterations where lr is multiplied by gamma")
+    gamma: Float = Field(0.1, gt=0.0, le=1.0, description="step policy: decay factor")
+    min_lr_factor: Float = Field(0.0, ge=0.0, le=1.0, description="cosine policy: final lr as a fraction of lr")
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleConfig:
+        if self.warmup_iters > self.max_iter:
+            raise ValueError(f"warmup_iters ({self.warmup_iters}) must be <= max_iter ({self.max_iter})")
+        if list(self.steps) != sorted(set(self.steps)) or any(not 0 < s < self.max_iter for s in self.steps):
+            raise ValueError(f"steps must be increasing iterations in (0, max_iter={self.max_iter}); got {list(self.steps)}")
+        return self
+
+
+class TrainSection(_Section):
+    """Run settings. ``checkpoint_every``/``eval_every`` of 0 mean: only at the end."""
+
+    output_dir: str = Field(description="folder of checkpoint.pt, config.yaml and metrics.json")
+    batch_size: Int = Field(ge=1, description="images per iteration")
+    seed: Int = Field(0, ge=0, description="seeds model initialisation, data order and augmentations")
+    device: str = Field("auto", description="auto (cuda when available), cpu, cuda or cuda:N")
+    amp: Literal["none", "fp16", "bf16"] = Field("none", description="mixed precision on CUDA (ignored on CPU)")
+    deterministic: Bool = Field(False, description="deterministic algorithms (bitwise reproducible, slower on GPU)")
+    num_threads: Int | None = Field(None, ge=1, description="torch CPU threads (null: torch's default)")
+    checkpoint_every: Int = Field(0, ge=0, description="iterations between checkpoints")
+    eval_every: Int = Field(0, ge=0, description="iterations between evaluations on the validation set")
+    eval_batch_size: Int = Field(8, ge=1, description="images per inference batch during evaluation")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainSection:
+        if not _DEVICE_PATTERN.match(self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        return self
+
+
+class TrainConfig(_Section):
+    """A complete training run (see the module docstring for the sections)."""
+
+    model: ModelConfig
+    data: DataConfig
+    augment: AugmentConfig = AugmentConfig()
+    optim: OptimConfig
+    schedule: ScheduleConfig
+    train: TrainSection
+
+    def flat_params(self) -> dict[str, str | int | float | bool]:
+        """Every field under its dotted name (``"optim.lr"``), for logging as run parameters.
+
+        Lists become comma-separated strings and null becomes ``"none"``.
+        """
+        return dict(_flatten(self.model_dump(mode="json")))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible form (what checkpoints store)."""
+        return self.model_dump(mode="json")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, str | int | float | bool]]:
+    out: list[tuple[str, str | int | float | bool]] = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.extend(_flatten(value, f"{name}."))
+        elif isinstance(value, list):
+            out.append((name, ",".join(str(v) for v in value)))
+        elif value is None:
+            out.append((name, "none"))
+        else:
+            out.append((name, value))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading, overriding, writing
+
+
+def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML training configuration and apply ``key.sub=value`` overrides.
+
+    Raises
+    ------
+    ConfigError
+        One line: ``"<file>: <field path>: <problem>; valid choices: ..."`` for a missing, unknown or
+        invalid field, an unreadable file or malformed YAML.
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: <file>: file does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: <file>: cannot be read ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: <file>: malformed YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: <file>: top level must be a mapping of sections; got {type(raw).__name__}")
+    for item in overrides:
+        _apply_override(raw, item)
+    return config_from_dict(raw, source=source)
+
+
+def config_from_dict(raw: dict[str, Any], *, source: str = "<memory>") -> TrainConfig:
+    """Validate a configuration given as nested dicts (raises ``ConfigError`` like ``load_config``)."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> None:
+    """Write ``config`` as YAML, atomically; ``load_config`` reads it back to an equal config."""
+    with atomic_write(path, "w") as handle:
+        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key.sub=value (e.g. optim.lr=0.01)")
+    parts = key.split(".")
+    model: type[BaseModel] | None = TrainConfig
+    node = raw
+    for depth, part in enumerate(parts):
+        fields = model.model_fields if model is not None else {}
+        if part not in fields:
+            where = ".".join(parts[:depth]) or "the top level"
+            raise ConfigError(f"--set {key}: unknown field {part!r} in {where}; valid fields: {', '.join(fields)}")
+        model = _section_type(fields[part].annotation)
+        if depth == len(parts) - 1:
+            break
+        if model is None:
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    if model is not None:
+        raise ConfigError(f"--set {key}: is a whole section; set one of its fields ({', '.join(model.model_fields)})")
+    try:
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        node[parts[-1]] = text
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    """One line for the first error of ``exc`` (and how many more there are)."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = [str(p) for p in first["loc"]]
+    path = ".".join(loc) or "<top level>"
+    kind = first["type"]
+    if kind == "missing":
+        problem = "missing required field"
+    elif kind == "extra_forbidden":
+        problem = f"unknown field; valid fields: {', '.join(_fields_at(loc[:-1]))}"
+    elif kind == "literal_error":
+        expected = first.get("ctx", {}).get("expected", "")
+        choices = ", ".join(re.findall(r"'([^']*)'", expected)) or expected
+        problem = f"invalid value {first['input']!r}; valid choices: {choices}"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+        shown = first.get("input")
+        got = "" if isinstance(shown, dict) or kind == "value_error" else f"; got {shown!r}"
+        problem = f"{message}{got}"
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return f"{source}: {path}: {problem}{more}"
+
+
+def _fields_at(loc: Sequence[str]) -> list[str]:
+    model: type[BaseModel] | None = TrainConfig
+    for part in loc:
+        if model is None or part not in model.model_fields:
+            return []
+        model = _section_type(model.model_fields[part].annotation)
+    return list(model.model_fields) if model is not None else []

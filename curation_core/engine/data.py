@@ -1,0 +1,285 @@
+"""COCO data for torchvision detectors: data set, augmentations, collate, resumable batch sampler.
+
+A training sample is ``(image, target)``: ``image`` float32 (3, H, W) RGB in [0, 1]; ``target`` holds
+``boxes`` float32 (N, 4) xyxy in absolute pixels of the returned image, ``labels`` int64 (N,) in
+1..K, ``ann_ids`` int64 (N,) and ``image_id`` int64 (). Images without boxes give ``boxes`` of shape
+(0, 4), which torchvision's detectors accept as all-background images. Crowd annotations
+(``iscrowd=1``) are never training targets; annotations with ``ignore=1`` are, and their flag is
+kept in ``target["ignore"]`` (bool (N,)) for losses that use it.
+
+Determinism: the batch for iteration ``i`` depends only on (seed, i). Sample ``g = i * batch_size + j``
+of the infinite stream is position ``g mod n`` of epoch ``g // n``, whose order is a permutation drawn
+from ``(seed, epoch)``; its augmentation parameters are drawn from ``(seed, g)``. So resuming at
+iteration ``i`` continues the same stream, whatever the number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from curation_core.coco import CocoDataset
+from curation_core.engine.config import AugmentConfig
+from curation_core.errors import DataError
+
+#: Seed-sequence domains, so that data order and augmentations never share a random stream.
+_ORDER_DOMAIN = 0
+_AUGMENT_DOMAIN = 1
+#: Boxes narrower or lower than this (pixels) after clipping to the image are dropped (degenerate).
+MIN_BOX_SIDE = 1e-2
+
+Target = dict[str, torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------------
+# Images, labels, targets
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Decode an image file as uint8 (H, W, 3) RGB; ``DataError`` naming the file if it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as handle:
+            return np.array(handle.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: <file>: image file does not exist") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: <file>: image cannot be decoded ({type(exc).__name__}: {exc})") from None
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(torch.float32).div_(255.0)
+
+
+def label_map(category_ids: Sequence[int]) -> dict[int, int]:
+    """Category id -> training label ``1 + position`` (0 is background)."""
+    return {int(cid): index + 1 for index, cid in enumerate(category_ids)}
+
+
+def build_target(annotations: Sequence[dict[str, Any]], labels: dict[int, int], *, image_id: int,
+                 width: float, height: float) -> Target:
+    """Training target of one image from its COCO annotations (xywh -> xyxy, clipped, crowds left out)."""
+    kept = [a for a in annotations if not a.get("iscrowd", 0)]
+    if kept:
+        xywh = torch.tensor([a["bbox"] for a in kept], dtype=torch.float32)
+        boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+    else:
+        boxes = torch.zeros((0, 4), dtype=torch.float32)
+    target = {
+        "boxes": boxes,
+        "labels": torch.tensor([labels[a["category_id"]] for a in kept], dtype=torch.int64),
+        "ann_ids": torch.tensor([a["id"] for a in kept], dtype=torch.int64),
+        "ignore": torch.tensor([bool(a.get("ignore", 0)) for a in kept], dtype=torch.bool),
+        "image_id": torch.tensor(image_id, dtype=torch.int64),
+    }
+    return clip_target(target, width=width, height=height)
+
+
+def clip_target(target: Target, *, width: float, height: float) -> Target:
+    """Clip boxes to the image and drop those left narrower or lower than ``MIN_BOX_SIDE`` pixels."""
+    boxes = target["boxes"].clone()
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0.0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0.0, height)
+    keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIDE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIDE)
+    out = {key: (value[keep] if value.ndim and key != "image_id" else value) for key, value in target.items()}
+    out["boxes"] = boxes[keep]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Geometry
+
+
+def resize_scale(height: int, width: int, *, min_size: int, max_size: int) -> float:
+    """torchvision's rule: scale the short side to ``min_size`` unless the long side exceeds ``max_size``."""
+    return min(min_size / min(height, width), max_size / max(height, width))
+
+
+def hflip_boxes(boxes: torch.Tensor, width: float) -> torch.Tensor:
+    """Mirror xyxy boxes (N, 4) in an image of ``width`` pixels: x1' = W - x2, x2' = W - x1."""
+    out = boxes.clone()
+    out[:, 0] = width - boxes[:, 2]
+    out[:, 2] = width - boxes[:, 0]
+    return out
+
+
+def scale_boxes(boxes: torch.Tensor, sx: float, sy: float) -> torch.Tensor:
+    """Multiply xyxy boxes (N, 4) by ``sx`` horizontally and ``sy`` vertically."""
+    return boxes * boxes.new_tensor([sx, sy, sx, sy])
+
+
+@dataclass(frozen=True)
+class TrainTransform:
+    """Photometric jitter, resize to the model size times a scale jitter, horizontal flip.
+
+    ``min_size``/``max_size`` are the model's (``ModelConfig``). Parameters are drawn from ``rng`` in
+    a fixed order, so a generator state gives one outcome.
+    """
+
+    augment: AugmentConfig
+    min_size: int
+    max_size: int
+
+    def __call__(self, image: torch.Tensor, target: Target, rng: np.random.Generator) -> tuple[torch.Tensor, Target]:
+        from torchvision.transforms.v2 import functional as F
+
+        a = self.augment
+        factors = rng.uniform(-1.0, 1.0, size=3) * np.array([a.brightness, a.contrast, a.saturation]) + 1.0
+        jitter = float(rng.uniform(*a.scale_range))
+        flip = bool(rng.uniform() < a.hflip)
+        if a.brightness:
+            image = F.adjust_brightness(image, float(factors[0]))
+        if a.contrast:
+            image = F.adjust_contrast(image, float(factors[1]))
+        if a.saturation:
+            image = F.adjust_saturation(image, float(factors[2]))
+        height, width = image.shape[-2:]
+        scale = resize_scale(height, width, min_size=self.min_size, max_size=self.max_size) * jitter
+        new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+        if (new_h, new_w) != (height, width):
+            image = F.resize(image, [new_h, new_w], antialias=True)
+            target = {**target, "boxes": scale_boxes(target["boxes"], new_w / width, new_h / height)}
+        if flip:
+            image = image.flip(-1)
+            target = {**target, "boxes": hflip_boxes(target["boxes"], new_w)}
+        return image, clip_target(target, width=new_w, height=new_h)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data set
+
+
+class DetectionDataset(Dataset):
+    """A COCO data set as torch samples (see the module docstring for the sample format).
+
+    Parameters
+    ----------
+    dataset : validated COCO data.
+    image_root : folder the ``file_name`` fields are relative to.
+    category_ids : the label order (label ``i + 1`` is ``category_ids[i]``); every annotation's
+        category must be in it.
+    transform : training transform; ``None`` returns images as stored (evaluation).
+    seed : seeds the per-sample augmentation generators.
+
+    Items are indexed by ``int`` (sample index, no augmentation randomness) or by
+    ``(index, stream_position)`` from ``TrainBatchSampler``.
+    """
+
+    def __init__(self, dataset: CocoDataset, image_root: str | Path, *, category_ids: Sequence[int],
+                 transform: TrainTransform | None = None, seed: int = 0) -> None:
+        self.dataset = dataset
+        self.image_root = Path(image_root)
+        self.labels = label_map(category_ids)
+        self.transform = transform
+        self.seed = seed
+        unknown = sorted({a["category_id"] for a in dataset.annotations} - set(self.labels))
+        if unknown:
+            raise DataError(f"{dataset.source}: <file>: category ids {unknown} are not among the model's "
+                            f"categories {list(category_ids)}")
+
+    def __len__(self) -> int:
+        return len(self.dataset.images)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Target]:
+        index, position = (key, None) if isinstance(key, int) else key
+        record = self.dataset.images[index]
+        image = to_tensor(load_image(self.image_root / record["file_name"]))
+        height, width = image.shape[-2:]
+        if (width, height) != (record["width"], record["height"]):
+            raise DataError(f"{self.image_root / record['file_name']}: image id={record['id']}: is {width}x{height} "
+                            f"but the record says {record['width']}x{record['height']}")
+        target = build_target(self.dataset.annotations_by_image[record["id"]], self.labels, image_id=record["id"],
+                              width=width, height=height)
+        if self.transform is not None:
+            stream = 0 if position is None else position
+            rng = np.random.default_rng([self.seed, _AUGMENT_DOMAIN, stream])
+            image, target = self.transform(image, target, rng)
+        return image, target
+
+
+def collate(batch: Sequence[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
+    """A batch as torchvision expects it: a list of images (sizes may differ) and a list of targets."""
+    return [image for image, _ in batch], [target for _, target in batch]
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+
+
+class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches ``start .. stop - 1`` of the infinite, seeded sample stream (see the module docstring).
+
+    Yields lists of ``(sample index, stream position)``; ``len`` is ``stop - start``.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, *, seed: int, start: int, stop: int) -> None:
+        if num_samples < 1:
+            raise ValueError(f"TrainBatchSampler(num_samples=) expects an integer >= 1; got {num_samples}.")
+        if batch_size < 1:
+            raise ValueError(f"TrainBatchSampler(batch_size=) expects an integer >= 1; got {batch_size}.")
+        if not 0 <= start <= stop:
+            raise ValueError(f"TrainBatchSampler(start=, stop=) expects 0 <= start <= stop; got {start}, {stop}.")
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.start, self.stop = start, stop
+        self._epoch: int | None = None
+        self._order: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The sample indices of ``epoch``, a permutation of ``range(num_samples)``."""
+        if epoch != self._epoch:
+            self._order = np.random.default_rng([self.seed, _ORDER_DOMAIN, epoch]).permutation(self.num_samples)
+            self._epoch = epoch
+        assert self._order is not None
+        return self._order
+
+    def batch(self, iteration: int) -> list[tuple[int, int]]:
+        """The keys of the batch of ``iteration`` (0-based)."""
+        keys = []
+        for position in range(iteration * self.batch_size, (iteration + 1) * self.batch_size):
+            epoch, offset = divmod(position, self.num_samples)
+            keys.append((int(self.order(epoch)[offset]), position))
+        return keys
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for iteration in range(self.start, self.stop):
+            yield self.batch(iteration)
+
+
+def ignore_signals_in_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: interrupts go to the main process, which stops after its current step.
+
+    Without this, Ctrl-C (sent to the whole process group) would kill the workers mid-batch and the
+    step could not finish.
+    """
+    del worker_id
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset: Dataset, *, batch_sampler: Sampler | None = None, batch_size: int = 1,
+                num_workers: int, seed: int, pin_memory: bool) -> torch.utils.data.DataLoader:
+    """A DataLoader with ``collate``, persistent workers and its own generator.
+
+    The generator keeps the DataLoader from drawing its worker base seed from the global torch
+    generator, which would shift the model's random stream after a resume.
+    """
+    options: dict[str, Any] = {"batch_sampler": batch_sampler} if batch_sampler is not None else {
+        "batch_size": batch_size, "shuffle": False}
+    return torch.utils.data.DataLoader(
+        dataset, collate_fn=collate, num_workers=num_workers, pin_memory=pin_memory,
+        persistent_workers=num_workers > 0, worker_init_fn=ignore_signals_in_worker if num_workers else None,
+        generator=torch.Generator().manual_seed(seed), **options,
+    )

@@ -1,0 +1,371 @@
+"""The training loop: ``train(config)`` trains a detector from scratch or resumes a stopped run.
+
+Output folder (``train.output_dir``): ``config.yaml`` (the resolved configuration), ``checkpoint.pt``
+(written atomically every ``checkpoint_every`` iterations, on SIGINT/SIGTERM and at the end) and
+``metrics.json`` (final COCO statistics and the evaluation history, at the end).
+
+Policy for an existing output folder: a folder that already holds ``checkpoint.pt`` is never
+overwritten by a new run; ``resume=True`` continues it (and starts a new run when there is no
+checkpoint yet, so that a retried job can always pass ``resume=True``), otherwise ``ConfigError``.
+
+Resuming continues exactly where the run stopped: weights, optimizer and ``GradScaler`` state, the
+iteration (which fixes the learning rate and the position in the seeded data stream) and the torch
+random generators are restored, so ``k`` steps + resume to ``K`` equals ``K`` uninterrupted steps
+(bitwise on CPU, with ``num_workers`` and ``deterministic`` as in the original run).
+
+SIGINT/SIGTERM: the current step finishes, the checkpoint is written, and ``TrainingInterrupted``
+is raised (a second signal interrupts at once with ``KeyboardInterrupt``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from curation_core.coco import CocoDataset, load_coco
+from curation_core.engine.checkpoint import (
+    CHECKPOINT_NAME,
+    check_same_categories,
+    check_same_model,
+    load_checkpoint,
+    model_name,
+    save_checkpoint,
+)
+from curation_core.engine.config import TrainConfig, save_config
+from curation_core.engine.data import DetectionDataset, TrainBatchSampler, TrainTransform, make_loader
+from curation_core.engine.hooks import Hook
+from curation_core.engine.models import build_detector
+from curation_core.engine.optim import build_optimizer, lr_at, set_lr
+from curation_core.engine.predict import autocast, resolve_device, run_on_dataset
+from curation_core.errors import CheckpointError, ConfigError, DataError, DetCurateError
+from curation_core.evaluation import CocoStats, evaluate_detections
+from curation_core.io import write_json_atomic
+from curation_core.progress import ProgressFn, track
+
+CONFIG_NAME = "config.yaml"
+METRICS_NAME = "metrics.json"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run produced. ``history``: one dict per evaluation, ``{"iteration", "AP", ...}``.
+    ``images_per_s``: training images per second of step time over the steps of this process."""
+
+    output_dir: Path
+    checkpoint: Path
+    config_path: Path
+    iterations: int
+    final_stats: CocoStats | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    images_per_s: float = float("nan")
+
+
+class TrainingInterrupted(Exception):  # noqa: N818 - a normal way for a run to end, not an error
+    """The run stopped early (signal or ``request_stop``) after writing ``checkpoint``."""
+
+    def __init__(self, *, signum: int | None, iteration: int, max_iter: int, checkpoint: Path) -> None:
+        self.signum, self.iteration, self.max_iter, self.checkpoint = signum, iteration, max_iter, checkpoint
+        #: Conventional shell status: 128 + signal number (130 for SIGINT, 143 for SIGTERM), else 1.
+        self.exit_code = 128 + signum if signum else 1
+        cause = signal.Signals(signum).name if signum else "a stop request"
+        super().__init__(f"stopped by {cause} at iteration {iteration}/{max_iter}; checkpoint written to "
+                         f"{checkpoint}; continue with --resume")
+
+
+class TrainingDivergedError(DetCurateError, FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+class Trainer:
+    """Runs one training job; see ``train``. Attributes readable by hooks are listed in ``hooks``."""
+
+    def __init__(self, config: TrainConfig, *, hooks: Sequence[Hook] = (), resume: bool = False,
+                 progress: ProgressFn | None = None) -> None:
+        self.config = config
+        self.hooks = list(hooks)
+        self.resume = resume
+        self.progress = progress
+        self.output_dir = Path(config.train.output_dir)
+        self.checkpoint_path = self.output_dir / CHECKPOINT_NAME
+        self.max_iter = config.schedule.max_iter
+        self.iter = 0
+        self.last_metrics: dict[str, float] = {}
+        self.history: list[dict[str, Any]] = []
+        self.result: TrainResult | None = None
+        self._stop_signal: int | None = None
+        self._stop_requested = False
+        self._images_seen = 0
+        self._step_seconds = 0.0
+
+    # ------------------------------------------------------------------------------------------
+    # Public
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """Stop after the current step: write the checkpoint, then raise ``TrainingInterrupted``."""
+        if self._stop_requested and signum is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without a checkpoint")
+        self._stop_requested, self._stop_signal = True, signum
+
+    def run(self) -> TrainResult:
+        """Set up, train to ``max_iter`` (or stop early), evaluate, write the final checkpoint."""
+        with _global_torch_settings(self.config), self._signal_handlers():
+            self._setup()
+            for hook in self.hooks:
+                hook.trainer = weakref.proxy(self)
+            for hook in self.hooks:
+                hook.before_train()
+            self._loop()
+            final = self._evaluate() if self.val_gt is not None else None
+            checkpoint = self._save()
+            self.result = TrainResult(output_dir=self.output_dir, checkpoint=checkpoint,
+                                      config_path=self.output_dir / CONFIG_NAME, iterations=self.iter,
+                                      final_stats=final, history=list(self.history), images_per_s=self.images_per_s)
+            write_json_atomic(self.output_dir / METRICS_NAME, _metrics_report(self.result), indent=2)
+            for hook in self.hooks:
+                hook.after_train()
+            return self.result
+
+    @property
+    def images_per_s(self) -> float:
+        """Training images per second of step time (data waiting included) in this process."""
+        return self._images_seen / self._step_seconds if self._step_seconds else float("nan")
+
+    # ------------------------------------------------------------------------------------------
+    # Set-up
+
+    def _setup(self) -> None:
+        config = self.config
+        self.device = resolve_device(config.train.device)
+        existing = self.checkpoint_path.is_file()
+        if existing and not self.resume:
+            raise ConfigError(f"train.output_dir: {self.output_dir} already holds a checkpoint ({CHECKPOINT_NAME}); "
+                              f"pass --resume to continue it, or choose another train.output_dir")
+        checkpoint = load_checkpoint(self.checkpoint_path) if existing else None
+        self.train_gt, self.val_gt = _load_data(config)
+        self.category_ids = list(self.train_gt.category_ids)
+        self.category_names = [c["name"] for c in self.train_gt.categories]
+        torch.manual_seed(config.train.seed)
+        self.model = build_detector(config.model, num_categories=len(self.category_ids)).to(self.device)
+        self.model.train()
+        self.optimizer = build_optimizer(self.model, config.optim)
+        use_scaler = self.device.type == "cuda" and config.train.amp == "fp16"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, self.output_dir / CONFIG_NAME)
+        transform = TrainTransform(config.augment, config.model.min_size, config.model.max_size)
+        dataset = DetectionDataset(self.train_gt, config.data.train_images, category_ids=self.category_ids,
+                                   transform=transform, seed=config.train.seed)
+        sampler = TrainBatchSampler(len(dataset), config.train.batch_size, seed=config.train.seed,
+                                    start=self.iter, stop=self.max_iter)
+        self.loader = make_loader(dataset, batch_sampler=sampler, num_workers=config.data.num_workers,
+                                  seed=config.train.seed, pin_memory=self.device.type == "cuda")
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        source = str(self.checkpoint_path)
+        check_same_model(checkpoint, self.config.model.model_dump(mode="json"), source=source)
+        check_same_categories(checkpoint, self.train_gt.categories, source=self.config.data.train_annotations,
+                              checkpoint_path=source)
+        expected = self._sampler_state()
+        saved = {k: checkpoint.get("sampler", {}).get(k) for k in ("seed", "batch_size", "num_samples")}
+        if saved != {k: expected[k] for k in saved}:
+            raise CheckpointError(f"{source}: the run used data stream {saved}, this config gives "
+                                  f"{ {k: expected[k] for k in saved} }; resuming would change the data order")
+        if checkpoint["iteration"] > self.max_iter:
+            raise CheckpointError(f"{source}: checkpoint is at iteration {checkpoint['iteration']}, beyond "
+                                  f"schedule.max_iter={self.max_iter}")
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.iter = int(checkpoint["iteration"])
+        self.history = list(checkpoint.get("history", []))
+        rng = checkpoint["rng"]
+        torch.set_rng_state(rng["torch"])
+        if self.device.type == "cuda" and len(rng.get("cuda", [])) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def _sampler_state(self) -> dict[str, int]:
+        return {"seed": self.config.train.seed, "batch_size": self.config.train.batch_size,
+                "num_samples": len(self.train_gt.images), "next_batch": self.iter}
+
+    # ------------------------------------------------------------------------------------------
+    # Loop
+
+    def _loop(self) -> None:
+        train = self.config.train
+        steps = range(self.iter, self.max_iter)
+        batches = iter(self.loader) if steps else iter(())
+        for _ in track(self.progress, steps, total=len(steps), description="training"):
+            for hook in self.hooks:
+                hook.before_step()
+            self._step(batches)
+            for hook in self.hooks:
+                hook.after_step()
+            due_eval = train.eval_every and self.iter % train.eval_every == 0 and self.iter < self.max_iter
+            if due_eval and self.val_gt is not None:
+                self._evaluate()
+            due_checkpoint = train.checkpoint_every and self.iter % train.checkpoint_every == 0
+            if self._stop_requested or (due_checkpoint and self.iter < self.max_iter):
+                path = self._save()
+                if self._stop_requested:
+                    raise TrainingInterrupted(signum=self._stop_signal, iteration=self.iter,
+                                              max_iter=self.max_iter, checkpoint=path)
+
+    def _step(self, batches: Iterator[Any]) -> None:
+        start = time.perf_counter()
+        images, targets = next(batches)
+        data_seconds = time.perf_counter() - start
+        images = [image.to(self.device, non_blocking=True) for image in images]
+        targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
+        for hook in self.hooks:
+            images, targets = hook.filter_batch(images, targets)
+        lr = lr_at(self.iter, lr=self.config.optim.lr, schedule=self.config.schedule)
+        set_lr(self.optimizer, lr)
+        with autocast(self.device, self.config.train.amp):
+            losses = self.model(images, targets)
+        loss = sum(losses.values())
+        values = torch.stack([loss.detach(), *(v.detach() for v in losses.values())]).float().tolist()
+        if not all(math.isfinite(v) for v in values):
+            terms = ", ".join(f"{k}={v:.4g}" for k, v in zip(losses, values[1:], strict=True))
+            raise TrainingDivergedError(f"loss became non-finite at iteration {self.iter + 1} ({terms}); lower "
+                                        f"optim.lr, lengthen schedule.warmup_iters or set optim.clip_grad_norm")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.optim.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        seconds = time.perf_counter() - start
+        self.iter += 1
+        self._images_seen += len(images)
+        self._step_seconds += seconds
+        self.last_metrics = {**dict(zip(losses, values[1:], strict=True)), "loss": values[0], "lr": lr,
+                             "images_per_s": len(images) / seconds, "data_time_frac": data_seconds / seconds}
+
+    def _evaluate(self) -> CocoStats:
+        for hook in self.hooks:
+            hook.before_eval()
+        config = self.config
+        assert self.val_gt is not None and config.data.val_images is not None
+        detections = run_on_dataset(self.model, self.val_gt, config.data.val_images, category_ids=self.category_ids,
+                                    device=self.device, amp=config.train.amp, batch_size=config.train.eval_batch_size,
+                                    num_workers=config.data.num_workers)
+        self.model.train()
+        stats = evaluate_detections(self.val_gt, detections)
+        self.history.append({"iteration": self.iter, **stats.named()})
+        for hook in self.hooks:
+            hook.after_eval(stats)
+        return stats
+
+    def _save(self) -> Path:
+        payload = {
+            "model_name": model_name(self.config.model),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "scheduler": {"policy": self.config.schedule.policy, "iteration": self.iter},
+            "iteration": self.iter,
+            "sampler": self._sampler_state(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
+            "config": self.config.to_dict(),
+            "category_ids": self.category_ids,
+            "category_names": self.category_names,
+            "history": self.history,
+            "torch_version": str(torch.__version__),  # TorchVersion is not a weights-only type
+        }
+        path = save_checkpoint(self.checkpoint_path, payload)
+        for hook in self.hooks:
+            hook.after_checkpoint(path)
+        return path
+
+    @contextlib.contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be installed from the main thread
+            return
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        for signum in previous:
+            signal.signal(signum, lambda received, frame: self.request_stop(received))
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def train(config: TrainConfig, *, hooks: Sequence[Hook] = (), resume: bool = False,
+          progress: ProgressFn | None = None) -> TrainResult:
+    """Train the detector described by ``config`` (see the module docstring for outputs and resuming).
+
+    Parameters
+    ----------
+    hooks : training-loop extensions (``curation_core.engine.hooks.Hook``), called in order.
+    resume : continue from ``output_dir/checkpoint.pt`` if it exists.
+    progress : wraps the iteration range (e.g. a progress bar); metrics reach hooks, not this.
+
+    Raises
+    ------
+    ConfigError, DataError, CheckpointError
+        Bad configuration, data or checkpoint (one-line messages); nothing is overwritten.
+    TrainingDivergedError
+        The loss became non-finite.
+    TrainingInterrupted
+        SIGINT/SIGTERM or ``request_stop``: the checkpoint was written first.
+    """
+    return Trainer(config, hooks=hooks, resume=resume, progress=progress).run()
+
+
+def _load_data(config: TrainConfig) -> tuple[CocoDataset, CocoDataset | None]:
+    data = config.data
+    image_check = {"image_root": data.train_images} if data.check_images else {}
+    train_gt = load_coco(data.train_annotations, **image_check)
+    if not train_gt.images:
+        raise DataError(f"{data.train_annotations}: <file>: the training set has no images")
+    if not train_gt.categories:
+        raise DataError(f"{data.train_annotations}: <file>: the training set has no categories")
+    if data.val_annotations is None:
+        return train_gt, None
+    val_gt = load_coco(data.val_annotations, **({"image_root": data.val_images} if data.check_images else {}))
+    train_cats = [(c["id"], c["name"]) for c in train_gt.categories]
+    if sorted(train_cats) != sorted((c["id"], c["name"]) for c in val_gt.categories):
+        raise DataError(f"{data.val_annotations}: <file>: categories differ from those of the training set "
+                        f"{data.train_annotations}")
+    return train_gt, val_gt
+
+
+@contextlib.contextmanager
+def _global_torch_settings(config: TrainConfig) -> Iterator[None]:
+    """Apply ``num_threads``/``deterministic`` for the run and restore the previous values afterwards."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    if config.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (read at first use)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _metrics_report(result: TrainResult) -> dict[str, Any]:
+    final = result.final_stats.named() if result.final_stats is not None else None
+    speed = result.images_per_s if math.isfinite(result.images_per_s) else None  # JSON has no NaN
+    return {"iterations": result.iterations, "images_per_s": speed, "final": final,
+            "history": result.history}
