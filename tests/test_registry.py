@@ -32,12 +32,18 @@ def checkpoint(tmp_path_factory):
     return result.checkpoint
 
 
+@pytest.fixture(scope="module")
+def _shared_db(tmp_path_factory):
+    # One database per module: creating MLflow's schema costs a second or more per database.
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
 @pytest.fixture
-def mlflow_uri(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "registry-tests")
-    return uri
+def mlflow_uri(_shared_db, monkeypatch, request):
+    """The module's database, and an experiment of the test's own (so runs never mix)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", _shared_db)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", request.node.name)
+    return _shared_db
 
 
 def _images(seed: int, sizes=((64, 64), (48, 80), (64, 64))):

@@ -41,12 +41,18 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def _shared_db(tmp_path_factory):
+    # One database per module: creating MLflow's schema costs a second or more per database.
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
 @pytest.fixture
-def mlflow_uri(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
-    return uri
+def mlflow_uri(_shared_db, monkeypatch, request):
+    """The module's database, and an experiment of the test's own (so runs never mix)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", _shared_db)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", request.node.name)
+    return _shared_db
 
 
 def _client(uri):
@@ -91,13 +97,14 @@ def test_project_root_falls_back_to_the_start_folder(tmp_path):
     assert tracking.project_root(start) == start.resolve()
 
 
-def test_experiment_artifacts_live_beside_the_sqlite_database(mlflow_uri, tmp_path):
+def test_experiment_artifacts_live_beside_the_sqlite_database(mlflow_uri):
     client = _client(mlflow_uri)
     exp_id = tracking.experiment_id(client)
     assert tracking.experiment_id(client) == exp_id  # found, not created twice
     experiment = client.get_experiment(exp_id)
-    assert experiment.name == "tests"
-    assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
+    assert experiment.name == "test_experiment_artifacts_live_beside_the_sqlite_database"
+    database = Path(mlflow_uri.removeprefix("sqlite:///"))
+    assert experiment.artifact_location == (database.parent / "mlartifacts").as_uri()
 
 
 # ------------------------------------------------------------------------------------------------

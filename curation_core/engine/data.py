@@ -257,15 +257,13 @@ class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
             yield self.batch(iteration)
 
 
-def ignore_signals_in_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: interrupts go to the main process, which stops after its current step.
-
-    Without this, Ctrl-C (sent to the whole process group) would kill the workers mid-batch and the
-    step could not finish.
+def ignore_interrupts_in_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: Ctrl-C (SIGINT, sent to the whole process group) is left to the
+    main process, which finishes its step and writes a checkpoint; without this the workers would die
+    mid-batch. SIGTERM keeps its default action: the DataLoader stops its workers with it.
     """
     del worker_id
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
 
 
@@ -280,6 +278,6 @@ def make_loader(dataset: Dataset, *, batch_sampler: Sampler | None = None, batch
         "batch_size": batch_size, "shuffle": False}
     return torch.utils.data.DataLoader(
         dataset, collate_fn=collate, num_workers=num_workers, pin_memory=pin_memory,
-        persistent_workers=num_workers > 0, worker_init_fn=ignore_signals_in_worker if num_workers else None,
+        persistent_workers=num_workers > 0, worker_init_fn=ignore_interrupts_in_worker if num_workers else None,
         generator=torch.Generator().manual_seed(seed), **options,
     )

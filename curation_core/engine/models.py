@@ -1,9 +1,10 @@
 """The detector factory: FCOS, RetinaNet and Faster R-CNN from torchvision, randomly initialised.
 
-``build_detector(config, num_categories=K)`` returns a torchvision detector with ``K + 1`` classes.
-Training labels are ``1..K`` (the position of the category id in the data set's category list, plus
-one). Label 0 is the background class of Faster R-CNN; RetinaNet and FCOS have a class 0 output that
-is never a target (always trained towards "absent"), which keeps one label convention for all three.
+``build_detector(config, num_categories=K)`` returns a torchvision detector whose targets and outputs
+use labels ``1..K`` (the position of the category id in the data set's category list, plus one).
+Faster R-CNN has ``K + 1`` classes, 0 being background. RetinaNet and FCOS have ``K`` class outputs
+(sigmoid scores need no background output): their subclasses here shift labels by one on the way in
+(loss) and out (detections), so all three share one label convention and no output is wasted.
 
 Resolution: ``config.min_size``/``max_size`` are used as given. In training mode the model does not
 resize its input (``TrainResizeTransform``): the data pipeline has already scaled each image to the
@@ -24,6 +25,7 @@ of them (8-128) on the small CPU backbones, so that 128 px images with 7-100 px 
 from __future__ import annotations
 
 from collections.abc import Callable
+import math
 from functools import partial
 from typing import Any
 
@@ -33,6 +35,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.poolers import initLevelMapper
 
 from curation_core.engine.backbones import Levels, build_backbone, is_small
 from curation_core.engine.config import ModelConfig
@@ -74,6 +78,28 @@ class TrainResizeTransform(GeneralizedRCNNTransform):
         return super().resize(image, target)
 
 
+class _ForegroundLabels:
+    """Mixin for torchvision's one-stage detectors: ``K`` class outputs for labels ``1..K``."""
+
+    def compute_loss(self, targets, *args):  # noqa: ANN001, ANN002, ANN201
+        shifted = [{**target, "labels": target["labels"] - 1} for target in targets]
+        return super().compute_loss(shifted, *args)
+
+    def postprocess_detections(self, *args):  # noqa: ANN002, ANN201
+        detections = super().postprocess_detections(*args)
+        for detection in detections:
+            detection["labels"] = detection["labels"] + 1
+        return detections
+
+
+class ForegroundFCOS(_ForegroundLabels, FCOS):
+    """torchvision's FCOS with labels 1..K (see the module docstring)."""
+
+
+class ForegroundRetinaNet(_ForegroundLabels, RetinaNet):
+    """torchvision's RetinaNet with labels 1..K (see the module docstring)."""
+
+
 def build_detector(config: ModelConfig, *, num_categories: int) -> nn.Module:
     """A randomly initialised detector for ``num_categories`` foreground categories (labels 1..K).
 
@@ -85,7 +111,7 @@ def build_detector(config: ModelConfig, *, num_categories: int) -> nn.Module:
     if builder is None:
         raise ValueError(f"build_detector(config.detector=) expects one of {', '.join(DETECTORS)}; "
                          f"got {config.detector!r}.")
-    model = builder(config, num_categories + 1)
+    model = builder(config, num_categories)
     model.transform = TrainResizeTransform(config.min_size, config.max_size, list(IMAGE_MEAN), list(IMAGE_STD))
     return model
 
@@ -111,27 +137,27 @@ def _backbone(config: ModelConfig) -> nn.Module:
                           fpn_channels=config.fpn_channels)
 
 
-def _build_fcos(config: ModelConfig, num_classes: int) -> nn.Module:
+def _build_fcos(config: ModelConfig, num_categories: int) -> nn.Module:
     backbone = _backbone(config)
     strides = LEVEL_STRIDES[fpn_levels(config)]
     anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
-    return FCOS(backbone, num_classes, anchor_generator=anchors, score_thresh=config.score_thresh,
+    return ForegroundFCOS(backbone, num_categories, anchor_generator=anchors, score_thresh=config.score_thresh,
                 detections_per_img=config.detections_per_img, **_sizes(config))
 
 
-def _build_retinanet(config: ModelConfig, num_classes: int) -> nn.Module:
+def _build_retinanet(config: ModelConfig, num_categories: int) -> nn.Module:
     backbone = _backbone(config)
     sizes = tuple(tuple(s * k for k in RETINANET_OCTAVE_SCALES) for s in anchor_sizes(config))
     anchors = AnchorGenerator(sizes, (ASPECT_RATIOS,) * len(sizes))
     # torchvision's v2 head: GroupNorm in the towers and a GIoU box loss, which train from scratch.
-    head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes,
+    head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_categories,
                          norm_layer=partial(nn.GroupNorm, HEAD_GROUPS))
     head.regression_head._loss_type = "giou"
-    return RetinaNet(backbone, num_classes, anchor_generator=anchors, head=head, score_thresh=config.score_thresh,
+    return ForegroundRetinaNet(backbone, num_categories, anchor_generator=anchors, head=head, score_thresh=config.score_thresh,
                      detections_per_img=config.detections_per_img, **_sizes(config))
 
 
-def _build_faster_rcnn(config: ModelConfig, num_classes: int) -> nn.Module:
+def _build_faster_rcnn(config: ModelConfig, num_categories: int) -> nn.Module:
     backbone = _backbone(config)
     sizes = tuple((s,) for s in anchor_sizes(config))
     anchors = AnchorGenerator(sizes, (ASPECT_RATIOS,) * len(sizes))
@@ -139,16 +165,32 @@ def _build_faster_rcnn(config: ModelConfig, num_classes: int) -> nn.Module:
     width = BOX_HEAD_WIDTH_SMALL if small else BOX_HEAD_WIDTH_RESNET
     box_head = TwoMLPHead(backbone.out_channels * 7 * 7, width)  # 7x7 RoIAlign output
     return FasterRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors, box_head=box_head,
-                      box_predictor=FastRCNNPredictor(width, num_classes), box_score_thresh=config.score_thresh,
-                      box_detections_per_img=config.detections_per_img,
+                      box_roi_pool=_roi_pool(fpn_levels(config)), box_predictor=FastRCNNPredictor(width, num_categories + 1),
+                      box_score_thresh=config.score_thresh, box_detections_per_img=config.detections_per_img,
                       **(RPN_BUDGET_SMALL if small else RPN_BUDGET_RESNET), **_sizes(config))
+
+
+def _roi_pool(levels: Levels) -> MultiScaleRoIAlign:
+    """RoIAlign over the FPN levels with fixed scales 1 / stride.
+
+    torchvision otherwise infers the scales from the first batch it sees (feature size / largest
+    image size, rounded to a power of two) and keeps them. With small, scale-jittered images padded to
+    a multiple of 32 that guess can be an octave off, and it would depend on which batch came first
+    (so a resumed run would pool differently from an uninterrupted one).
+    """
+    strides = LEVEL_STRIDES[levels][: 4 if levels == "p2p6" else 3]  # the max-pool/P6-P7 levels are not pooled
+    pool = MultiScaleRoIAlign([str(i) for i in range(len(strides))], output_size=7, sampling_ratio=2)
+    pool.scales = [1.0 / s for s in strides]
+    pool.map_levels = initLevelMapper(int(math.log2(strides[0])), int(math.log2(strides[-1])),
+                                      canonical_scale=pool.canonical_scale, canonical_level=pool.canonical_level)
+    return pool
 
 
 def _sizes(config: ModelConfig) -> dict[str, Any]:
     return {"min_size": config.min_size, "max_size": config.max_size}
 
 
-#: Detector name -> builder(config, num_classes including background).
+#: Detector name -> builder(config, number of foreground categories).
 DETECTORS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
     "fcos": _build_fcos,
     "retinanet": _build_retinanet,

@@ -87,6 +87,10 @@ class TrainingDivergedError(DetCurateError, FloatingPointError):
     """The loss became NaN or infinite."""
 
 
+class _DataStopped(Exception):
+    """The data workers ended because the run is being stopped; no step was done."""
+
+
 class Trainer:
     """Runs one training job; see ``train``. Attributes readable by hooks are listed in ``hooks``."""
 
@@ -211,22 +215,34 @@ class Trainer:
         for _ in track(self.progress, steps, total=len(steps), description="training"):
             for hook in self.hooks:
                 hook.before_step()
-            self._step(batches)
+            try:
+                self._step(batches)
+            except _DataStopped:
+                self._interrupt()  # the step did not run; the checkpoint holds the steps done
             for hook in self.hooks:
                 hook.after_step()
-            due_eval = train.eval_every and self.iter % train.eval_every == 0 and self.iter < self.max_iter
-            if due_eval and self.val_gt is not None:
+            if train.eval_every and self.iter % train.eval_every == 0 and self.iter < self.max_iter \
+                    and self.val_gt is not None:
                 self._evaluate()
-            due_checkpoint = train.checkpoint_every and self.iter % train.checkpoint_every == 0
-            if self._stop_requested or (due_checkpoint and self.iter < self.max_iter):
-                path = self._save()
-                if self._stop_requested:
-                    raise TrainingInterrupted(signum=self._stop_signal, iteration=self.iter,
-                                              max_iter=self.max_iter, checkpoint=path)
+            if self._stop_requested:
+                self._interrupt()
+            if train.checkpoint_every and self.iter % train.checkpoint_every == 0 and self.iter < self.max_iter:
+                self._save()
+
+    def _interrupt(self) -> None:
+        path = self._save()
+        raise TrainingInterrupted(signum=self._stop_signal, iteration=self.iter, max_iter=self.max_iter,
+                                  checkpoint=path)
 
     def _step(self, batches: Iterator[Any]) -> None:
         start = time.perf_counter()
-        images, targets = next(batches)
+        try:
+            images, targets = next(batches)
+        except RuntimeError:
+            if not self._stop_requested:
+                raise
+            # A SIGTERM sent to the whole process group has also stopped the DataLoader workers.
+            raise _DataStopped from None
         data_seconds = time.perf_counter() - start
         images = [image.to(self.device, non_blocking=True) for image in images]
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
