@@ -70,9 +70,10 @@ def main(argv: list[str] | None = None) -> None:
         t_load, ds = _timed(load_coco, path)
         n_loaded = len(ds.annotations)
         del ds
-        from pycocotools.coco import COCO
         import contextlib
         import io
+
+        from pycocotools.coco import COCO
 
         with contextlib.redirect_stdout(io.StringIO()):
             t_pycoco, _ = _timed(COCO, str(path))

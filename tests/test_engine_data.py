@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from engine_fixtures import make_shapes_coco
 
 from curation_core.coco import dataset_from_dict, load_coco
 from curation_core.engine.config import AugmentConfig
@@ -25,7 +26,6 @@ from curation_core.engine.data import (
     scale_boxes,
 )
 from curation_core.errors import DataError
-from engine_fixtures import make_shapes_coco
 
 
 def test_label_map_is_position_plus_one() -> None:

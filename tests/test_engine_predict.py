@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from engine_fixtures import tiny_config_dict
 
 from components.evaluate_model import evaluate_model
 from curation_core.coco import load_coco, load_detections
@@ -19,7 +20,6 @@ from curation_core.engine.predict import evaluate_checkpoint, load_detector, pre
 from curation_core.engine.trainer import train
 from curation_core.errors import CheckpointError
 from curation_core.evaluation import evaluate_detections
-from engine_fixtures import tiny_config_dict
 
 
 @pytest.fixture(scope="module")

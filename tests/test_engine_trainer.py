@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from engine_fixtures import tiny_config_dict
 
 from curation_core.engine.checkpoint import load_checkpoint
 from curation_core.engine.config import ScheduleConfig, config_from_dict, load_config
@@ -16,7 +17,6 @@ from curation_core.engine.hooks import Hook
 from curation_core.engine.optim import lr_at
 from curation_core.engine.trainer import TrainingDivergedError, TrainingInterrupted, train
 from curation_core.errors import CheckpointError, ConfigError, DataError
-from engine_fixtures import tiny_config_dict
 
 
 def _with(raw: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:

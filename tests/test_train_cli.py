@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from engine_fixtures import tiny_config_dict
 
 DETCURATE = [sys.executable, "-c", "from pipelines.cli import main; main()"]

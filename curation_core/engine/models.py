@@ -24,8 +24,8 @@ of them (8-128) on the small CPU backbones, so that 128 px images with 7-100 px 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import math
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 

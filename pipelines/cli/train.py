@@ -13,7 +13,14 @@ from pipelines.cli import ui
 
 def _progress_hook() -> Any:
     """A hook drawing a rich bar with loss, learning rate and images/s (negligible cost per step)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from curation_core.engine.hooks import Hook
 
