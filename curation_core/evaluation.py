@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -56,22 +56,29 @@ class CocoStats:
     per_category_ap : category id -> AP@[.50:.95] (all areas, 100 dets); NaN for a category without
         ground truth (pycocotools excludes those from the mean).
     num_images, num_detections : sizes of the evaluated sets.
+    category_names : category id -> name, from the ground truth (empty when not known).
     """
 
     stats: tuple[float, ...]
     per_category_ap: dict[int, float]
     num_images: int
     num_detections: int
+    category_names: dict[int, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form: ``stats`` (list of 12), ``names``, ``per_category_ap`` and the sizes."""
-        return {
+        """JSON-ready form: ``stats`` (list of 12), ``names``, ``per_category_ap`` (by id), the same by
+        category name (``per_category_ap_by_name``, when names are known) and the sizes."""
+        per_category = {k: (None if np.isnan(v) else v) for k, v in self.per_category_ap.items()}
+        out: dict[str, Any] = {
             "stats": list(self.stats),
             "names": list(COCO_STAT_NAMES),
-            "per_category_ap": {str(k): (None if np.isnan(v) else v) for k, v in self.per_category_ap.items()},
+            "per_category_ap": {str(k): v for k, v in per_category.items()},
             "num_images": self.num_images,
             "num_detections": self.num_detections,
         }
+        if self.category_names:
+            out["per_category_ap_by_name"] = {self.category_names.get(k, str(k)): v for k, v in per_category.items()}
+        return out
 
     def named(self) -> dict[str, float]:
         """Statistic name -> value."""
@@ -101,6 +108,7 @@ def evaluate_detections(gt: CocoDataset, detections: list[dict[str, Any]]) -> Co
         per_category_ap=_per_category_ap(evaluator),
         num_images=len(gt.images),
         num_detections=len(detections),
+        category_names={int(c["id"]): str(c["name"]) for c in gt.categories},
     )
 
 

@@ -186,10 +186,10 @@ def metric_key(*parts: str) -> str:
 def coco_metrics(stats: CocoStats, *, prefix: str, category_names: Mapping[int, str] | None = None) -> dict[str, float]:
     """``{prefix}/AP``, ... for the 12 COCO statistics, and ``{prefix}/AP_per_category/<name>``.
 
-    Undefined values (pycocotools' -1, a category without ground truth) are left out, so charts show
-    no fake zeros.
+    Categories are named by ``category_names``, else by ``stats.category_names``, else by id. Undefined
+    values (pycocotools' -1, a category without ground truth) are left out, so charts show no fake zeros.
     """
-    names = category_names or {}
+    names = category_names or stats.category_names
     out = {metric_key(prefix, name): value for name, value in zip(COCO_STAT_NAMES, stats.stats, strict=True)
            if value >= 0}
     for cat_id, ap in stats.per_category_ap.items():
@@ -269,7 +269,8 @@ class MLflowHook(Hook):
             run = self._client.create_run(experiment_id(self._client),
                                           run_name=self.run_name or Path(self.trainer.output_dir).name)
             self.run_id, self._owns_run = run.info.run_id, True
-            # after_train is not called when training fails or is interrupted: close the run then.
+            # on_exception closes the run when training fails or is interrupted; this covers a process
+            # that exits without either (a hook of another library calling sys.exit, say).
             atexit.register(self.end, "FAILED")
         log_params(self._client, self.run_id, config.flat_params())
         self._tags = dataset_tags(training_data_paths(config))
@@ -308,6 +309,12 @@ class MLflowHook(Hook):
             self.model_version = register_checkpoint(result.checkpoint, self.register_as, alias=self.alias,
                                                      run_id=self.run_id, tags=self._tags)
         self.end("FINISHED")
+
+    def on_exception(self, error: BaseException) -> None:
+        """Close the run as KILLED (interrupted: SIGINT/SIGTERM, ``request_stop``) or FAILED."""
+        from curation_core.engine.trainer import TrainingInterrupted
+
+        self.end("KILLED" if isinstance(error, TrainingInterrupted | KeyboardInterrupt) else "FAILED")
 
     def end(self, status: str = "FINISHED") -> None:
         """Close the run this hook opened (no-op for a run it did not open, or one already closed).

@@ -24,8 +24,24 @@ from curation_core.engine.data import (
     make_loader,
     resize_scale,
     scale_boxes,
+    to_tensor,
 )
 from curation_core.errors import DataError
+
+
+def test_to_tensor_scales_and_accepts_read_only_arrays() -> None:
+    import warnings
+
+    image = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    frozen = image.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns on read-only numpy memory
+        tensor = to_tensor(frozen)
+    assert tensor.shape == (3, 5, 7) and tensor.dtype == torch.float32
+    assert torch.equal(tensor, torch.from_numpy(image).permute(2, 0, 1).float() / 255.0)
+    tensor.mul_(0)  # the result owns its memory
+    assert np.array_equal(frozen, image)
 
 
 def test_label_map_is_position_plus_one() -> None:

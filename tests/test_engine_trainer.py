@@ -107,6 +107,41 @@ def test_hooks_see_steps_evaluations_and_checkpoints_in_order(tmp_path: Path) ->
     assert load_config(result.config_path) == config_from_dict(raw)
 
 
+class Failing(Recorder):
+    """Records calls like ``Recorder``; raises ``error`` after step ``at`` (or stops the run there)."""
+
+    def __init__(self, at: int, error: BaseException | None) -> None:
+        super().__init__()
+        self.at, self.error = at, error
+        self.seen: list[BaseException] = []
+
+    def after_step(self) -> None:
+        super().after_step()
+        if self.trainer.iter == self.at:
+            if self.error is None:
+                self.trainer.request_stop()
+            else:
+                raise self.error
+
+    def on_exception(self, error: BaseException) -> None:
+        self.calls.append(f"on_exception {self.trainer.iter}")
+        self.seen.append(error)
+        raise RuntimeError("ignored: the original error is the one reported")
+
+
+@pytest.mark.parametrize("error", [None, ValueError("boom")], ids=["interrupted", "failed"])
+def test_on_exception_replaces_after_train_when_a_run_ends_early(tmp_path: Path, error: BaseException | None) -> None:
+    config = config_from_dict(tiny_config_dict(tmp_path, val=False, max_iter=4))
+    hook, other = Failing(2, error), Failing(99, None)  # the second hook never stops the run itself
+    expected = TrainingInterrupted if error is None else ValueError
+    with pytest.raises(expected) as info:
+        train(config, hooks=[hook, other])
+    assert hook.calls[-1] == "on_exception 2" and "after_train" not in " ".join(hook.calls)
+    assert hook.seen == [info.value]
+    assert other.calls[-1] == "on_exception 2" and other.seen == [info.value]  # the raising hook did not stop it
+    assert not any(c.startswith("after_train") for c in other.calls)
+
+
 def test_a_finished_run_is_never_overwritten(tmp_path: Path) -> None:
     config = config_from_dict(tiny_config_dict(tmp_path, val=False, max_iter=2))
     first = train(config)

@@ -86,7 +86,10 @@ def test_eval_json_equals_pycocotools_exactly(tmp_path: Path, capsys: pytest.Cap
         values = precision[:, :, k]
         expected = float(np.mean(values[values > -1])) if (values > -1).any() else None
         assert report["per_category_ap"][str(cat)] == expected
+        name = next(c["name"] for c in gt["categories"] if c["id"] == cat)
+        assert report["per_category_ap_by_name"][name] == expected
     assert report["per_category_ap"][str(gt["categories"][0]["id"])] is None  # the category without ground truth
+    assert len(report["per_category_ap_by_name"]) == len(gt["categories"])
     assert json.loads((tmp_path / "r.json").read_text()) == report
 
 

@@ -268,6 +268,30 @@ def test_training_run_is_logged(mlflow_uri, tmp_path):
     assert version.tags["dataset.version"] == run.data.tags["dataset.version"]
 
 
+@pytest.mark.parametrize(("stop", "status"), [("request", "KILLED"), ("raise", "FAILED")])
+def test_a_run_that_ends_early_is_closed_killed_or_failed(mlflow_uri, tmp_path, stop, status):
+    from mlflow import MlflowClient
+
+    from curation_core.engine.hooks import Hook
+    from curation_core.engine.trainer import TrainingInterrupted
+
+    class StopAfterFirstStep(Hook):
+        def after_step(self) -> None:
+            if stop == "request":
+                self.trainer.request_stop()
+            else:
+                raise ArithmeticError("a hook failed")
+
+    hook = tracking.MLflowHook(run_name="early", log_every=100, register_as="never-registered")
+    with pytest.raises(TrainingInterrupted if stop == "request" else ArithmeticError):
+        tiny_training(tmp_path, hooks=[hook, StopAfterFirstStep()], max_iter=3)
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    run = client.get_run(hook.run_id)
+    assert run.info.status == status and run.info.end_time is not None
+    assert [m.step for m in client.get_metric_history(hook.run_id, "train/loss")] == [1]  # the buffer was flushed
+    assert "never-registered" not in [m.name for m in client.search_registered_models()]
+
+
 def test_training_hooks_name_the_run_after_the_output_folder(tmp_path):
     from engine_fixtures import tiny_config_dict
 

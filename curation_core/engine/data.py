@@ -56,8 +56,11 @@ def load_image(path: str | Path) -> np.ndarray:
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(torch.float32).div_(255.0)
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]; ``image`` is never modified (read-only arrays work)."""
+    array = np.ascontiguousarray(image)
+    if not array.flags.writeable:  # torch.from_numpy warns on read-only memory; the float copy below is new anyway
+        array = array.copy()
+    return torch.from_numpy(array).permute(2, 0, 1).to(torch.float32).div_(255.0)
 
 
 def label_map(category_ids: Sequence[int]) -> dict[int, int]:

@@ -9,7 +9,9 @@ checkpoint and stop after the current step (as SIGINT/SIGTERM do).
 
 Call order: ``before_train``; per step ``before_step``, ``filter_batch``, the optimisation step,
 ``after_step``; then, when due, ``before_eval``/``after_eval`` and ``after_checkpoint``; at the end
-``after_train`` (not called when the run stops early).
+``after_train``. When the run stops early (``TrainingInterrupted`` after SIGINT/SIGTERM or
+``request_stop``) or fails (any exception, including one raised by a hook), ``on_exception`` is called
+instead of ``after_train``, then the exception propagates.
 """
 
 from __future__ import annotations
@@ -65,3 +67,10 @@ class Hook:
 
     def after_train(self) -> None:
         """Called once after the last step and the final evaluation; ``trainer.result`` is set."""
+
+    def on_exception(self, error: BaseException) -> None:
+        """Called once when the run ends with ``error`` (interrupted or failed) instead of ``after_train``.
+
+        ``trainer.iter`` holds the finished steps. An exception raised here is ignored, so that the
+        original error is what the caller sees.
+        """

@@ -127,17 +127,24 @@ class Trainer:
             self._setup()
             for hook in self.hooks:
                 hook.trainer = weakref.proxy(self)
-            for hook in self.hooks:
-                hook.before_train()
-            self._loop()
-            final = self._evaluate() if self.val_gt is not None else None
-            checkpoint = self._save()
-            self.result = TrainResult(output_dir=self.output_dir, checkpoint=checkpoint,
-                                      config_path=self.output_dir / CONFIG_NAME, iterations=self.iter,
-                                      final_stats=final, history=list(self.history), images_per_s=self.images_per_s)
-            write_json_atomic(self.output_dir / METRICS_NAME, _metrics_report(self.result), indent=2)
-            for hook in self.hooks:
-                hook.after_train()
+            try:
+                for hook in self.hooks:
+                    hook.before_train()
+                self._loop()
+                final = self._evaluate() if self.val_gt is not None else None
+                checkpoint = self._save()
+                self.result = TrainResult(output_dir=self.output_dir, checkpoint=checkpoint,
+                                          config_path=self.output_dir / CONFIG_NAME, iterations=self.iter,
+                                          final_stats=final, history=list(self.history),
+                                          images_per_s=self.images_per_s)
+                write_json_atomic(self.output_dir / METRICS_NAME, _metrics_report(self.result), indent=2)
+                for hook in self.hooks:
+                    hook.after_train()
+            except BaseException as error:
+                for hook in self.hooks:
+                    with contextlib.suppress(Exception):  # the original error is the one to report
+                        hook.on_exception(error)
+                raise
             return self.result
 
     @property
