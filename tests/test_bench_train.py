@@ -26,7 +26,7 @@ def test_bench_train_writes_one_row_per_config(tmp_path: Path, monkeypatch: pyte
     assert result["benchmark"] == "train" and result["iters"] == 3 and result["warmup"] == 1
     rows = result["rows"]
     assert [r["config"] for r in rows] == ["demo_student.yaml", "demo_teacher.yaml"]
-    assert [r["model"] for r in rows] == ["fcos/tiny", "fcos/small"]
+    assert [r["model"] for r in rows] == ["fcos/nano", "fcos/tiny"]
     for row in rows:
         assert row["steps"] == 2 and row["batch"] == 2 and row["train img/s"] > 0 and row["infer img/s"] > 0
         assert 0.0 <= row["data wait %"] <= 100.0

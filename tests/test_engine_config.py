@@ -77,7 +77,7 @@ def test_literal_choices_match_the_factories() -> None:
 
 @pytest.mark.parametrize(("overrides", "message"), [
     (["model.detector=yolo"], r"model\.detector: invalid value 'yolo'; valid choices: fcos, retinanet, faster_rcnn$"),
-    (["model.backbone=vgg"], r"valid choices: tiny, small, resnet18, resnet50, resnet101, resnet152$"),
+    (["model.backbone=vgg"], r"valid choices: nano, tiny, small, resnet18, resnet50, resnet101, resnet152$"),
     (["train.amp=fp8"], r"train\.amp: invalid value 'fp8'; valid choices: none, fp16, bf16"),
     (["optim.lr=abc"], r"optim\.lr: Input should be a valid number.*; got 'abc'"),
     (["optim.lr=-1"], r"optim\.lr: Input should be greater than 0; got -1"),
@@ -151,8 +151,8 @@ def test_configs_shipped_with_the_project_are_valid() -> None:
     configs = {f.stem: load_config(f) for f in files}
     teacher, student = configs["demo_teacher"], configs["demo_student"]
     # Teacher and student differ in the backbone (and the output folder) only.
-    assert teacher.model.backbone == "small" and student.model.backbone == "tiny"
-    assert teacher.model.model_copy(update={"backbone": "tiny"}) == student.model
+    assert teacher.model.backbone == "tiny" and student.model.backbone == "nano"
+    assert teacher.model.model_copy(update={"backbone": "nano"}) == student.model
     assert teacher.schedule == student.schedule and teacher.optim == student.optim and teacher.data == student.data
     assert teacher.model.min_size == 128 and teacher.train.device == "cpu"
     for name in ("fcos_r50", "faster_rcnn_r50", "retinanet_r50"):

@@ -63,13 +63,44 @@ def test_levels_and_class_counts() -> None:
     assert frcnn.roi_heads.box_predictor.cls_score.out_features == 6
 
 
+def _tower_convs(tower: torch.nn.Module) -> int:
+    return sum(isinstance(m, torch.nn.Conv2d) for m in tower.conv.modules())
+
+
+@pytest.mark.parametrize("detector", ["fcos", "retinanet"])
+@pytest.mark.parametrize("head_convs", [None, 1, 2, 4])
+def test_head_convs_sets_the_depth_of_both_towers(detector: str, head_convs: int | None) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(detector=detector, backbone="nano", min_size=64, max_size=64, head_convs=head_convs)
+    model = build_detector(config, num_categories=3)
+    expected = 4 if head_convs is None else head_convs  # torchvision's towers have 4
+    assert _tower_convs(model.head.classification_head) == expected
+    assert _tower_convs(model.head.regression_head) == expected
+    model.train()
+    losses = model([torch.rand(3, 64, 64), torch.rand(3, 56, 64)], _targets())
+    sum(losses.values()).backward()
+    first = next(iter(model.head.classification_head.conv.parameters()))
+    assert first.grad is not None and float(first.grad.abs().sum()) > 0
+
+
+def test_head_convs_is_refused_for_faster_rcnn_and_out_of_range() -> None:
+    with pytest.raises(ValueError, match=r"head_convs applies to the one-stage heads"):
+        ModelConfig(detector="faster_rcnn", backbone="tiny", head_convs=2)
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match=r"head_convs"):
+            ModelConfig(detector="fcos", backbone="tiny", head_convs=bad)
+
+
 def test_backbones_give_five_fpn_levels() -> None:
-    for name, levels, strides in (("tiny", "p3p7", (8, 16, 32, 64, 128)), ("small", "p2p6", (4, 8, 16, 32, 64)),
-                                  ("resnet18", "p3p7", (8, 16, 32, 64, 128))):
+    for name, levels, strides, width in (("nano", "p3p7", (8, 16, 32, 64, 128), 32),
+                                         ("tiny", "p3p7", (8, 16, 32, 64, 128), 64),
+                                         ("small", "p2p6", (4, 8, 16, 32, 64), 64),
+                                         ("resnet18", "p3p7", (8, 16, 32, 64, 128), 32)):
         backbone = build_backbone(name, levels=levels, fpn_channels=32 if name == "resnet18" else None)
         features = backbone(torch.rand(1, 3, 128, 128))
         assert [128 // f.shape[-1] for f in features.values()] == list(strides)
-        assert all(f.shape[1] == backbone.out_channels for f in features.values())
+        assert backbone.out_channels == width
+        assert all(f.shape[1] == width for f in features.values())
     assert isinstance(norm_layer("group")(48), torch.nn.GroupNorm)
 
 
@@ -81,7 +112,7 @@ def test_resnet_detectors_are_built_without_weights() -> None:
 
 
 def test_unknown_names_raise_value_errors_listing_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"build_backbone\(name=\) expects one of tiny, small, resnet18, resnet50"):
+    with pytest.raises(ValueError, match=r"build_backbone\(name=\) expects one of nano, tiny, small, resnet18, resnet50"):
         build_backbone("vgg16", levels="p3p7")
     with pytest.raises(ValueError, match=r"build_backbone\(levels=\) expects 'p3p7' or 'p2p6'; got 'p4'"):
         build_backbone("tiny", levels="p4")  # type: ignore[arg-type]

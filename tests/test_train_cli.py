@@ -83,7 +83,7 @@ def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("model.backbone=huge", "model.backbone: invalid value 'huge'; valid choices: tiny, small, resnet18"),
+        ("model.backbone=huge", "model.backbone: invalid value 'huge'; valid choices: nano, tiny, small, resnet18"),
         ("model.detector=yolo", "model.detector"),
         ("train.batch_size=many", "train.batch_size"),
         ("optim.momentum_typo=0.9", "optim.momentum_typo"),

@@ -2,10 +2,12 @@
 
 Two families:
 
-- ``tiny`` and ``small``: five-stage CNNs for CPU training at low resolution (128 px images). Each
-  stage halves the resolution with a strided 3x3 convolution, then refines with residual basic
-  blocks. ``tiny`` has widths 16-128 and one block in the last three stages; ``small`` has widths
-  32-256 and two blocks in the last three stages (about 4x the compute of ``tiny``).
+- ``nano``, ``tiny`` and ``small``: five-stage CNNs for CPU training at low resolution (128 px images).
+  Each stage halves the resolution with a strided 3x3 convolution, then refines with residual basic
+  blocks. ``nano`` has widths 8-64 and an FPN of 32 channels; ``tiny`` widths 16-128, both with one
+  block in the last three stages; ``small`` has widths 32-256 and two blocks in the last three stages
+  (about 8x the backbone compute of ``tiny``). ``tiny`` and ``small`` have an FPN of 64 channels. The FPN
+  width is also the width of the detector head, which dominates the compute of ``nano`` and ``tiny``.
 - ``resnet18/50/101/152``: torchvision's ResNets (``weights=None``), for GPU runs.
 
 Both return an ``OrderedDict`` of FPN levels with strides 8, 16, 32, 64, 128 (``levels="p3p7"``:
@@ -31,24 +33,26 @@ Levels = Literal["p3p7", "p2p6"]
 
 @dataclass(frozen=True)
 class SmallCNNSpec:
-    """Widths and residual block counts of the five stages (strides 2, 4, 8, 16, 32)."""
+    """Widths and residual block counts of the five stages (strides 2, 4, 8, 16, 32), and the default
+    FPN width (``model.fpn_channels`` overrides it)."""
 
     widths: tuple[int, int, int, int, int]
     blocks: tuple[int, int, int, int, int]
+    fpn_channels: int
 
 
-#: The CPU backbones. FPN width 64 unless ``model.fpn_channels`` says otherwise.
+#: The CPU backbones, smallest first.
 SMALL_CNNS: dict[str, SmallCNNSpec] = {
-    "tiny": SmallCNNSpec(widths=(16, 32, 64, 96, 128), blocks=(0, 0, 1, 1, 1)),
-    "small": SmallCNNSpec(widths=(32, 64, 128, 192, 256), blocks=(0, 1, 2, 2, 2)),
+    "nano": SmallCNNSpec(widths=(8, 16, 32, 48, 64), blocks=(0, 0, 1, 1, 1), fpn_channels=32),
+    "tiny": SmallCNNSpec(widths=(16, 32, 64, 96, 128), blocks=(0, 0, 1, 1, 1), fpn_channels=64),
+    "small": SmallCNNSpec(widths=(32, 64, 128, 192, 256), blocks=(0, 1, 2, 2, 2), fpn_channels=64),
 }
 #: ResNet depth by name; FPN width 256 unless configured.
 RESNETS: dict[str, str] = {"resnet18": "resnet18", "resnet50": "resnet50", "resnet101": "resnet101",
                            "resnet152": "resnet152"}
 #: Every backbone name, in the order error messages list them.
 BACKBONE_NAMES: tuple[str, ...] = (*SMALL_CNNS, *RESNETS)
-#: Default FPN width per family.
-SMALL_FPN_CHANNELS = 64
+#: Default FPN width of the ResNets.
 RESNET_FPN_CHANNELS = 256
 
 
@@ -69,7 +73,7 @@ def _group_norm(channels: int) -> nn.Module:
 
 
 def is_small(name: str) -> bool:
-    """True for the CPU backbones (``tiny``, ``small``)."""
+    """True for the CPU backbones (``nano``, ``tiny``, ``small``)."""
     return name in SMALL_CNNS
 
 
@@ -85,7 +89,7 @@ def build_backbone(name: str, *, levels: Levels, norm: str = "batch", fpn_channe
         body: nn.Module = SmallCNN(SMALL_CNNS[name], norm=layer)
         widths = SMALL_CNNS[name].widths
         stage_names = ["stage1", "stage2", "stage3", "stage4", "stage5"]
-        out = fpn_channels or SMALL_FPN_CHANNELS
+        out = fpn_channels or SMALL_CNNS[name].fpn_channels
     elif name in RESNETS:
         import torchvision
 

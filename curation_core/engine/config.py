@@ -30,7 +30,7 @@ from curation_core.errors import ConfigError
 from curation_core.io import atomic_write
 
 DetectorName = Literal["fcos", "retinanet", "faster_rcnn"]
-BackboneName = Literal["tiny", "small", "resnet18", "resnet50", "resnet101", "resnet152"]
+BackboneName = Literal["nano", "tiny", "small", "resnet18", "resnet50", "resnet101", "resnet152"]
 #: Strict scalars: YAML ``true`` is not the integer 1, and ``"3"`` is not a number.
 Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict()]
@@ -52,12 +52,15 @@ class ModelConfig(_Section):
     """
 
     detector: DetectorName = Field(description="fcos (anchor-free), retinanet (one-stage), faster_rcnn (two-stage)")
-    backbone: BackboneName = Field(description="tiny/small: CPU-sized CNNs; resnetNN: ResNet; all with an FPN")
+    backbone: BackboneName = Field(description="nano/tiny/small: CPU-sized CNNs; resnetNN: ResNet; all with an FPN")
     norm: Literal["batch", "group"] = Field("batch", description="normalisation layers of the backbone")
     fpn_levels: Literal["auto", "p3p7", "p2p6"] = Field(
         "auto", description="FPN levels; auto: p2p6 for faster_rcnn, p3p7 for retinanet/fcos (torchvision's)"
     )
-    fpn_channels: Int | None = Field(None, ge=16, description="FPN width; null: 64 (tiny, small) or 256 (ResNet)")
+    fpn_channels: Int | None = Field(None, ge=16, description="FPN width; null: 32 (nano), 64 (tiny, small) or 256 (ResNet)")
+    head_convs: Int | None = Field(
+        None, ge=1, le=4, description="conv layers in each tower of the fcos/retinanet head; null: 4 (torchvision's)"
+    )
     min_size: Int = Field(800, ge=16, description="short side of the model input, pixels")
     max_size: Int = Field(1333, ge=16, description="upper bound on the long side of the model input, pixels")
     anchor_sizes: tuple[Float, ...] | None = Field(
@@ -70,6 +73,8 @@ class ModelConfig(_Section):
     def _check(self) -> ModelConfig:
         if self.max_size < self.min_size:
             raise ValueError(f"max_size ({self.max_size}) must be >= min_size ({self.min_size})")
+        if self.head_convs is not None and self.detector == "faster_rcnn":
+            raise ValueError("head_convs applies to the one-stage heads (fcos, retinanet), not to faster_rcnn")
         if self.anchor_sizes is not None and (len(self.anchor_sizes) != 5 or min(self.anchor_sizes) <= 0):
             raise ValueError(f"anchor_sizes must be 5 positive numbers (one per FPN level); got {list(self.anchor_sizes)}")
         return self

@@ -33,6 +33,7 @@ from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
@@ -67,6 +68,9 @@ BOX_HEAD_WIDTH_RESNET = 1024
 BOX_HEAD_WIDTH_SMALL = 256
 #: GroupNorm groups in the RetinaNet head (torchvision's v2 head uses 32 with 256 channels).
 HEAD_GROUPS = 16
+#: Conv layers per tower (classification, regression) of torchvision's one-stage heads. At 128 px on
+#: the CPU backbones the towers cost more than the backbone; ``model.head_convs`` can shorten them.
+HEAD_CONVS = 4
 
 
 class TrainResizeTransform(GeneralizedRCNNTransform):
@@ -141,8 +145,10 @@ def _build_fcos(config: ModelConfig, num_categories: int) -> nn.Module:
     backbone = _backbone(config)
     strides = LEVEL_STRIDES[fpn_levels(config)]
     anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
-    return ForegroundFCOS(backbone, num_categories, anchor_generator=anchors, score_thresh=config.score_thresh,
-                detections_per_img=config.detections_per_img, **_sizes(config))
+    head = FCOSHead(backbone.out_channels, 1, num_categories, num_convs=config.head_convs or HEAD_CONVS)
+    return ForegroundFCOS(backbone, num_categories, anchor_generator=anchors, head=head,
+                          score_thresh=config.score_thresh, detections_per_img=config.detections_per_img,
+                          **_sizes(config))
 
 
 def _build_retinanet(config: ModelConfig, num_categories: int) -> nn.Module:
@@ -153,6 +159,9 @@ def _build_retinanet(config: ModelConfig, num_categories: int) -> nn.Module:
     head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_categories,
                          norm_layer=partial(nn.GroupNorm, HEAD_GROUPS))
     head.regression_head._loss_type = "giou"
+    if config.head_convs is not None:  # torchvision builds 4 identical conv layers per tower: keep the first k
+        head.classification_head.conv = head.classification_head.conv[: config.head_convs]
+        head.regression_head.conv = head.regression_head.conv[: config.head_convs]
     return ForegroundRetinaNet(backbone, num_categories, anchor_generator=anchors, head=head, score_thresh=config.score_thresh,
                      detections_per_img=config.detections_per_img, **_sizes(config))
 
