@@ -12,6 +12,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+#: Width of printed tables when the output is not a terminal.
+TABLE_WIDTH = 200
+
 
 def machine_info() -> dict[str, Any]:
     """Where a number was measured."""
@@ -45,7 +48,10 @@ def print_rows(title: str, rows: list[dict[str, Any]]) -> None:
         table.add_column(str(key), justify="right")
     for row in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # a log file or pipe: never squeeze the columns to 80 characters
+        console = Console(width=max(console.width, TABLE_WIDTH))
+    console.print(table)
 
 
 def dump_json(obj: Any) -> str:

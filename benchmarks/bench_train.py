@@ -14,7 +14,7 @@ the thread and worker settings of the configs. GPU (``--device cuda``): FCOS-R50
 640 px with bf16 mixed precision (``configs/fcos_r50.yaml``, ``configs/faster_rcnn_r50.yaml``) on a
 640 px synthetic set.
 
-    python benchmarks/bench_train.py [--device cpu|cuda] [--iters 60] [--warmup 10] [--data DIR]
+    python benchmarks/bench_train.py [--device cpu|cuda] [--iters 60] [--warmup 10] [--data DIR] [--quick]
         [--config FILE ...] [--set key=value ...] [--train-images N] [--val-images N]
         [--out benchmarks/results/train_cpu.json]
 """
@@ -144,7 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-images", type=int, help="synthetic training images (default: the preset's)")
     parser.add_argument("--val-images", type=int, help="synthetic validation images, all timed for inference")
     parser.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/train_<device>.json)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 6 steps (1 not counted) on 32 images")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.iters, args.warmup = 6, 1
+        args.train_images, args.val_images = args.train_images or 32, args.val_images or 8
     if not 0 <= args.warmup < args.iters:
         parser.error("--warmup must be in [0, --iters)")
     preset = PRESETS[args.device]
