@@ -302,6 +302,8 @@ class MLflowHook(Hook):
         report = Path(result.output_dir) / METRICS_NAME  # final COCO stats + evaluation history
         if report.is_file():
             self._client.log_artifact(self.run_id, str(report), artifact_path="report")
+        if result.history:
+            self._log_curves(report)
         log_metrics(self._client, self.run_id, [("train/images_per_s_mean", result.images_per_s, result.iterations)])
         if self.register_as:
             from pipelines.registry import register_checkpoint
@@ -309,6 +311,17 @@ class MLflowHook(Hook):
             self.model_version = register_checkpoint(result.checkpoint, self.register_as, alias=self.alias,
                                                      run_id=self.run_id, tags=self._tags)
         self.end("FINISHED")
+
+    def _log_curves(self, report: Path) -> None:
+        """Validation AP and AP50 over the iterations of this run, as ``report/training_curves.png``."""
+        import tempfile
+
+        from components.report import plot_training_curves
+
+        with tempfile.TemporaryDirectory() as tmp:
+            label = self.run_name or Path(self.trainer.output_dir).name
+            figure = plot_training_curves({label: report}, Path(tmp) / "training_curves.png", title=label)
+            self._client.log_artifact(self.run_id, str(figure), artifact_path="report")
 
     def on_exception(self, error: BaseException) -> None:
         """Close the run as KILLED (interrupted: SIGINT/SIGTERM, ``request_stop``) or FAILED."""

@@ -21,7 +21,7 @@ from curation_core.engine.config import load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STAGES = {"synth", "train_teacher", "train_student", "evaluate@teacher", "evaluate@student"}
+STAGES = {"synth", "train_teacher", "train_student", "evaluate@teacher", "evaluate@student", "report"}
 #: stage -> the stages it depends on
 UPSTREAM = {
     "synth": set(),
@@ -29,6 +29,7 @@ UPSTREAM = {
     "train_student": {"synth"},
     "evaluate@teacher": {"train_teacher", "synth"},
     "evaluate@student": {"train_student", "synth"},
+    "report": {"train_teacher", "train_student"},
 }
 
 
@@ -112,6 +113,17 @@ def test_deps_params_and_outs_are_exact(stages):
         assert options["--register-as"] == [f"detcurate-demo-{model}"]
 
 
+def test_report_stage_draws_both_training_histories(stages):
+    found, _ = stages
+    stage = found["report"]
+    options = _options(stage.cmd)
+    runs = dict(item.split("=", 1) for item in options["--run"])
+    assert runs == {"teacher": "runs/demo_teacher/metrics.json", "student": "runs/demo_student/metrics.json"}
+    assert set(runs.values()) <= {str(d.def_path) for d in stage.deps}
+    (out,) = stage.outs
+    assert str(out.def_path) == options["--out"][0] and out.plot and not out.use_cache
+
+
 def test_plots_read_the_training_histories():
     raw = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     (plot,) = raw["plots"]
@@ -156,7 +168,7 @@ def _repro(cwd: Path, env: dict[str, str], *, dry: bool = False) -> set[str]:
 def test_repro_reruns_only_downstream_stages(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    for relpath in ("dvc.yaml", "configs", "curation_core"):
+    for relpath in ("dvc.yaml", "configs", "curation_core", "components"):
         source = ROOT / relpath
         if source.is_dir():
             shutil.copytree(source, repo / relpath, ignore=shutil.ignore_patterns("__pycache__"))
@@ -172,6 +184,7 @@ def test_repro_reruns_only_downstream_stages(tmp_path):
     assert _repro(repo, env, dry=True) == set()
     assert (repo / "runs" / "demo_student" / "checkpoint.pt").is_file()
     assert yaml.safe_load((repo / "reports" / "teacher.json").read_text())["stats"]
+    assert (repo / "reports" / "training_curves.png").read_bytes().startswith(b"\x89PNG")
 
     def with_param(section: str, key: str, value: object) -> None:
         params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -182,7 +195,7 @@ def test_repro_reruns_only_downstream_stages(tmp_path):
     # they read changed, which a real run decides.
     with_param("student", "iterations", 3)
     assert _repro(repo, env, dry=True) == {"train_student"}
-    assert _repro(repo, env) == {"train_student", "evaluate@student"}
+    assert _repro(repo, env) == {"train_student", "evaluate@student", "report"}
     assert _repro(repo, env, dry=True) == set()
     with_param("data", "val", 4)
     assert _repro(repo, env, dry=True) == {"synth"}

@@ -263,6 +263,9 @@ def test_training_run_is_logged(mlflow_uri, tmp_path):
     report = json.loads(Path(client.download_artifacts(hook.run_id, "report/metrics.json", str(tmp_path / "dl"))).read_text())
     assert report["iterations"] == result.iterations
     assert report["final"] == pytest.approx(result.final_stats.named())
+    assert "report/training_curves.png" in artifacts
+    figure = Path(client.download_artifacts(hook.run_id, "report/training_curves.png", str(tmp_path / "dl")))
+    assert figure.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     version = client.get_model_version_by_alias("tiny-trained", "champion")
     assert version.run_id == hook.run_id == hook.model_version.run_id
     assert version.tags["dataset.version"] == run.data.tags["dataset.version"]

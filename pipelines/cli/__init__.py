@@ -15,6 +15,7 @@ from curation_core.errors import CocoValidationError, DetCurateError
 from pipelines.cli import data as data_cmds
 from pipelines.cli import demo as demo_cmds
 from pipelines.cli import evaluate as evaluate_cmds
+from pipelines.cli import report as report_cmds
 from pipelines.cli import score as score_cmds
 from pipelines.cli import train as train_cmds
 
@@ -29,6 +30,7 @@ def cli() -> None:
     Data:        detcurate data synth | validate | corrupt
     Evaluation:  detcurate eval --gt GT.json --dt DT.json
     Training:    detcurate train --config FILE [--set key=value] [--resume] | evaluate
+    Figures:     detcurate report --run NAME=runs/NAME/metrics.json --out FIG.png
     DetGain:     detcurate score --gt GT.json --teacher-dt T.json --student-dt S.json
     """
 
@@ -36,6 +38,7 @@ def cli() -> None:
 cli.add_command(data_cmds.data)
 cli.add_command(demo_cmds.demo_cmd)
 cli.add_command(evaluate_cmds.eval_cmd)
+cli.add_command(report_cmds.report_cmd)
 cli.add_command(score_cmds.score_cmd)
 cli.add_command(train_cmds.train_cmd)
 cli.add_command(train_cmds.evaluate_cmd)
