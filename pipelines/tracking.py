@@ -302,8 +302,8 @@ class MLflowHook(Hook):
         report = Path(result.output_dir) / METRICS_NAME  # final COCO stats + evaluation history
         if report.is_file():
             self._client.log_artifact(self.run_id, str(report), artifact_path="report")
-        if result.history:
-            self._log_curves(report)
+            if result.history:
+                self._log_curves(report)
         log_metrics(self._client, self.run_id, [("train/images_per_s_mean", result.images_per_s, result.iterations)])
         if self.register_as:
             from pipelines.registry import register_checkpoint
