@@ -159,3 +159,24 @@ def _active_run(client: Any, run_id: str | None, *, run_name: str) -> Iterator[N
     which = {"run_id": run_id} if run_id else {"experiment_id": experiment_id(client), "run_name": run_name}
     with mlflow.start_run(nested=active is not None, **which):
         yield
+
+
+def resolve_checkpoint(uri: str) -> Path:
+    """The local training checkpoint of a registered model (``models:/NAME@ALIAS`` or ``models:/NAME/3``),
+    downloaded from the artifact store (e.g. for ``curation.teacher``)."""
+    from mlflow.models import Model
+
+    configure_mlflow()
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except mlflow.exceptions.MlflowException as exc:
+        from curation_core.errors import ConfigError
+
+        raise ConfigError(f"{uri}: cannot be resolved in the model registry ({str(exc).splitlines()[0][:200]})") from None
+    flavor = Model.load(str(local)).flavors.get("python_function", {})
+    relative = flavor.get("artifacts", {}).get(CHECKPOINT_ARTIFACT, {}).get("path")
+    if relative is None:
+        from curation_core.errors import CheckpointError
+
+        raise CheckpointError(f"{uri}: registered model has no {CHECKPOINT_ARTIFACT!r} artifact (not a DetCurate model)")
+    return local / relative

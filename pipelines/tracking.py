@@ -17,12 +17,14 @@ This one imports it only when a function needs it, so that everything else runs 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import json
 import math
 import os
 import re
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -304,6 +306,7 @@ class MLflowHook(Hook):
             self._client.log_artifact(self.run_id, str(report), artifact_path="report")
             if result.history:
                 self._log_curves(report)
+        self._log_curation(Path(result.output_dir), step=result.iterations)
         log_metrics(self._client, self.run_id, [("train/images_per_s_mean", result.images_per_s, result.iterations)])
         if self.register_as:
             from pipelines.registry import register_checkpoint
@@ -322,6 +325,42 @@ class MLflowHook(Hook):
             label = self.run_name or Path(self.trainer.output_dir).name
             figure = plot_training_curves({label: report}, Path(tmp) / "training_curves.png", title=label)
             self._client.log_artifact(self.run_id, str(figure), artifact_path="report")
+
+    def _log_curation(self, output_dir: Path, *, step: int) -> None:
+        """For a curated run: ``selections.csv``, its report (``components.curation_report``) and a few
+        headline numbers, all under ``curation/``.
+
+        The run's training result is already logged, so a failure here (a malformed log, an unreadable
+        annotations file, a store refusing an artifact) becomes a ``RuntimeWarning`` and the tag
+        ``detcurate.curation_report_error``, never a failed run.
+        """
+        import tempfile
+
+        from components.curation_report import curation_report
+        from curation_core.engine.selection_log import LOG_NAME
+
+        log = output_dir / LOG_NAME
+        if not log.is_file():
+            return
+        try:
+            self._client.log_artifact(self.run_id, str(log), artifact_path="curation")
+            with tempfile.TemporaryDirectory() as tmp:
+                stats = curation_report(log, self.trainer.config.data.train_annotations, out_dir=tmp)
+                for path in stats["files"].values():
+                    self._client.log_artifact(self.run_id, path, artifact_path="curation")
+            headline = {"distinct_images_frac": stats["distinct_images"]["picked_frac"],
+                        "background_share_picked": stats["background_share"]["picked"],
+                        "background_share_dataset": stats["background_share"]["dataset"],
+                        "picks_per_image_max": stats["picks_per_image"]["max"],
+                        "score_picked_mean": stats["scores"]["picked"]["mean"],
+                        "score_rejected_mean": stats["scores"]["rejected"]["mean"]}
+            log_metrics(self._client, self.run_id,
+                        [(f"curation/{key}", value, step) for key, value in headline.items() if value is not None])
+        except Exception as exc:  # noqa: BLE001 - reporting must not fail a finished training run
+            message = f"curation report of {log} not logged: {type(exc).__name__}: {exc}"
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            with contextlib.suppress(Exception):
+                self._client.set_tag(self.run_id, "detcurate.curation_report_error", message[:5000])
 
     def on_exception(self, error: BaseException) -> None:
         """Close the run as KILLED (interrupted: SIGINT/SIGTERM, ``request_stop``) or FAILED."""

@@ -21,15 +21,20 @@ from curation_core.engine.config import load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STAGES = {"synth", "train_teacher", "train_student", "evaluate@teacher", "evaluate@student", "report"}
+STAGES = {"synth", "train_teacher", "train_student", "train_student_detgain", "evaluate@teacher", "evaluate@student",
+          "evaluate@student_detgain", "report"}
+TRAININGS = ("train_teacher", "train_student", "train_student_detgain")
+MODELS = ("teacher", "student", "student_detgain")
 #: stage -> the stages it depends on
 UPSTREAM = {
     "synth": set(),
     "train_teacher": {"synth"},
     "train_student": {"synth"},
+    "train_student_detgain": {"synth", "evaluate@teacher"},  # the teacher comes from the registry
     "evaluate@teacher": {"train_teacher", "synth"},
     "evaluate@student": {"train_student", "synth"},
-    "report": {"train_teacher", "train_student"},
+    "evaluate@student_detgain": {"train_student_detgain", "synth"},
+    "report": {"train_teacher", "train_student", "train_student_detgain"},
 }
 
 
@@ -76,7 +81,7 @@ def test_commands_are_valid_detcurate_invocations(stages):
 
 def test_training_overrides_are_valid_config_fields(stages):
     found, _ = stages
-    for name in ("train_teacher", "train_student"):
+    for name in TRAININGS:
         options = _options(found[name].cmd)
         config = load_config(ROOT / options["--config"][0], options["--set"])
         assert config.train.output_dir == f"runs/demo_{name.removeprefix('train_')}"
@@ -95,14 +100,14 @@ def test_deps_params_and_outs_are_exact(stages):
         used = {ref.split(".")[0] for ref in re.findall(r"\$\{([\w.]+)\}", body["cmd"])} - {"item"}
         assert used == set(body.get("params", [])), f"{name}: params used in cmd vs declared"
         assert used <= set(params), name
-    for name in ("train_teacher", "train_student"):
+    for name in TRAININGS:
         stage = found[name]
         options = _options(stage.cmd)
         deps = {str(d.def_path) for d in stage.deps}
         assert {options["--config"][0], "data/synth"} <= deps
         assert [str(o.def_path) for o in stage.outs] == [load_config(ROOT / options["--config"][0],
                                                                       options["--set"]).train.output_dir]
-    for model in ("teacher", "student"):
+    for model in MODELS:
         stage = found[f"evaluate@{model}"]
         options = _options(stage.cmd)
         deps = [Path(str(d.def_path)) for d in stage.deps]
@@ -111,6 +116,10 @@ def test_deps_params_and_outs_are_exact(stages):
         (out,) = stage.outs
         assert str(out.def_path) == options["--out"][0] and out.metric and not out.use_cache
         assert options["--register-as"] == [f"detcurate-demo-{model}"]
+        assert options["--alias"] == ["teacher" if model == "teacher" else "champion"]
+    curated = load_config(ROOT / _options(found["train_student_detgain"].cmd)["--config"][0],
+                          _options(found["train_student_detgain"].cmd)["--set"])
+    assert curated.curation.method == "detgain" and curated.curation.teacher == "models:/detcurate-demo-teacher@teacher"
 
 
 def test_report_stage_draws_both_training_histories(stages):
@@ -118,7 +127,7 @@ def test_report_stage_draws_both_training_histories(stages):
     stage = found["report"]
     options = _options(stage.cmd)
     runs = dict(item.split("=", 1) for item in options["--run"])
-    assert runs == {"teacher": "runs/demo_teacher/metrics.json", "student": "runs/demo_student/metrics.json"}
+    assert runs == {m: f"runs/demo_{m}/metrics.json" for m in MODELS}
     assert set(runs.values()) <= {str(d.def_path) for d in stage.deps}
     (out,) = stage.outs
     assert str(out.def_path) == options["--out"][0] and out.plot and not out.use_cache
@@ -129,7 +138,7 @@ def test_plots_read_the_training_histories():
     (plot,) = raw["plots"]
     (spec,) = plot.values()
     assert spec["x"] == "iteration"
-    assert set(spec["y"]) == {"runs/demo_teacher/metrics.json", "runs/demo_student/metrics.json"}
+    assert set(spec["y"]) == {f"runs/demo_{m}/metrics.json" for m in MODELS}
 
 
 def test_repository_is_a_sane_dvc_project():
@@ -148,6 +157,7 @@ TINY_PARAMS = {
     "data": {"train": 6, "val": 3, "size": 64, "imbalance": 2.0, "max_objects": 3},
     "teacher": {"backbone": "tiny", "iterations": 2, "warmup_iters": 1, "batch_size": 2, "eval_every": 1},
     "student": {"backbone": "tiny", "iterations": 2, "warmup_iters": 1, "batch_size": 2, "eval_every": 1},
+    "curated": {"method": "detgain", "estimator": "empirical", "super_batch": 4, "score_every": 1, "warmup_iters": 0},
 }
 
 
@@ -183,6 +193,8 @@ def test_repro_reruns_only_downstream_stages(tmp_path):
     assert _repro(repo, env) == STAGES
     assert _repro(repo, env, dry=True) == set()
     assert (repo / "runs" / "demo_student" / "checkpoint.pt").is_file()
+    assert len((repo / "runs" / "demo_student_detgain" / "selections.csv").read_text().splitlines()) == 1 + 2 * 4
+    assert yaml.safe_load((repo / "reports" / "student_detgain.json").read_text())["stats"]
     assert yaml.safe_load((repo / "reports" / "teacher.json").read_text())["stats"]
     assert (repo / "reports" / "training_curves.png").read_bytes().startswith(b"\x89PNG")
 
@@ -193,9 +205,12 @@ def test_repro_reruns_only_downstream_stages(tmp_path):
 
     # A dry run lists the stages whose own deps changed; the stages after them run only if an output
     # they read changed, which a real run decides.
-    with_param("student", "iterations", 3)
-    assert _repro(repo, env, dry=True) == {"train_student"}
-    assert _repro(repo, env) == {"train_student", "evaluate@student", "report"}
+    with_param("student", "iterations", 3)  # both students share the student's schedule
+    assert _repro(repo, env, dry=True) == {"train_student", "train_student_detgain"}
+    assert _repro(repo, env) == {"train_student", "evaluate@student", "train_student_detgain",
+                                 "evaluate@student_detgain", "report"}
+    with_param("curated", "super_batch", 6)
+    assert _repro(repo, env) == {"train_student_detgain", "evaluate@student_detgain", "report"}
     assert _repro(repo, env, dry=True) == set()
     with_param("data", "val", 4)
     assert _repro(repo, env, dry=True) == {"synth"}
@@ -205,6 +220,6 @@ def test_repro_reruns_only_downstream_stages(tmp_path):
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
-    for model in ("teacher", "student"):
-        version = client.get_model_version_by_alias(f"detcurate-demo-{model}", "champion")
+    for model in MODELS:
+        version = client.get_model_version_by_alias(f"detcurate-demo-{model}", "teacher" if model == "teacher" else "champion")
         assert version.run_id

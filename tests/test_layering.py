@@ -100,3 +100,12 @@ def test_checker_reports_syntax_errors_instead_of_passing(tmp_path):
     _write(tmp_path, "curation_core/broken.py", "def f(:\n")
     with pytest.raises(SyntaxError):
         layering_violations(tmp_path)
+
+
+def test_the_engine_never_imports_the_curation_package():
+    """Curation plugs into the trainer as a ``BatchSelector``; the engine does not know its methods."""
+    offenders = [f"{file.relative_to(ROOT)}:{line}: {module}"
+                 for file in sorted((ROOT / "curation_core" / "engine").rglob("*.py"))
+                 for line, module in imported_modules(file.read_text(encoding="utf-8"))
+                 if module.startswith("curation_core.curation")]
+    assert offenders == []

@@ -126,3 +126,26 @@ def test_predict_input_shapes():
 def test_pip_requirements_are_pinned_and_skip_absent_distributions():
     requirements = registry.pip_requirements(("numpy", "surely-not-installed-dist"))
     assert requirements == [f"numpy=={np.__version__}"]
+
+
+def test_a_registered_teacher_resolves_to_its_checkpoint_and_curates(mlflow_uri, checkpoint, tmp_path):
+    """``curation.teacher: models:/NAME@teacher`` -> the registered checkpoint, used by a curated run."""
+    import torch
+
+    from components.train import train_config
+    from curation_core.engine.checkpoint import load_checkpoint
+    from curation_core.engine.config import config_from_dict, load_config
+    from curation_core.errors import ConfigError
+
+    registry.register_checkpoint(checkpoint, "resolve-me", alias="teacher")
+    local = registry.resolve_checkpoint("models:/resolve-me@teacher")
+    original, resolved = load_checkpoint(checkpoint), load_checkpoint(local)
+    assert all(torch.equal(original["model"][k], resolved["model"][k]) for k in original["model"])
+    with pytest.raises(ConfigError, match=r"models:/nobody@teacher: cannot be resolved in the model registry"):
+        registry.resolve_checkpoint("models:/nobody@teacher")
+    raw = load_config(checkpoint.parent / "config.yaml").to_dict()
+    raw["train"].update(output_dir=str(tmp_path / "curated"), batch_size=2)
+    raw["schedule"].update(max_iter=2)
+    raw["curation"] = {"method": "detgain", "teacher": "models:/resolve-me@teacher", "super_batch": 4}
+    result = train_config(config_from_dict(raw), resolve_uri=registry.resolve_checkpoint)
+    assert result.iterations == 2 and (result.output_dir / "selections.csv").is_file()

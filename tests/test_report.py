@@ -95,7 +95,7 @@ def test_report_command_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys:
     assert not (tmp_path / "out.png").exists()
 
 
-def test_demo_summary_lists_both_models_and_the_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_summary_lists_the_models_and_the_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from pipelines.cli import demo
 
     for index, path in enumerate(demo.DEMO_REPORTS.values()):
@@ -104,6 +104,7 @@ def test_demo_summary_lists_both_models_and_the_figure(tmp_path: Path, capsys: p
     (tmp_path / demo.DEMO_FIGURE).write_bytes(PNG_MAGIC)
     demo._print_summary(tmp_path)
     out = " ".join(capsys.readouterr().out.split())
-    assert "teacher" in out and "student" in out and "0.1000" in out and "0.2000" in out
+    assert "teacher" in out and "student_detgain" in out and "0.1000" in out and "0.2000" in out and "0.3000" in out
     assert str(demo.DEMO_FIGURE) in out
-    assert "models:/detcurate-demo-teacher@champion" in out
+    assert "models:/detcurate-demo-teacher@teacher" in out and "models:/detcurate-demo-student_detgain@champion" in out
+    assert "DetGain-curated student vs plain student: AP 0.3000 vs 0.2000 (+50.0 %, one seed)" in out

@@ -35,6 +35,7 @@ from curation_core.detgain.empirical import (
     empirical_tables,
     histogram_counts,
 )
+from curation_core.detgain.envelope import EnvelopeIndex, build_envelope_index
 from curation_core.detgain.exact import ExactIndex, build_exact_index
 from curation_core.detgain.records import DetectionTable, concat_tables, select_images, table_from_matches
 from curation_core.errors import ConfigError, DataError
@@ -257,11 +258,25 @@ class DetGainState:
             self._cache["exact"] = build_exact_index(self.table())
         return self._cache["exact"]
 
+    def envelope_index(self) -> EnvelopeIndex:
+        """Index of the envelope estimator (one sort of the bank, cached until the next update); refuses
+        a decayed state, as ``exact_index`` does."""
+        if self.config.decay is not None:
+            raise ValueError("envelope DetGain needs equal image weights; this state decays "
+                             f"(StateConfig.decay={self.config.decay}): use estimator='empirical' or 'uniform'.")
+        if "envelope" not in self._cache:
+            self._cache["envelope"] = build_envelope_index(self.table())
+        return self._cache["envelope"]
+
     # ------------------------------------------------------------------------------------------
     # Persistence
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the configuration and the bank as ``.npz``, atomically (histograms are rebuilt on load)."""
+        write_bytes_atomic(path, self.to_bytes())
+
+    def to_bytes(self) -> bytes:
+        """The ``.npz`` content ``save`` writes (for embedding a state in a training checkpoint)."""
         table = concat_tables([c.table for c in self._chunks], self._vocab, self.iou_thresholds)
         # concat_tables sorts images by id; keep each image's update step alongside.
         steps = np.concatenate([np.zeros(0, np.int64)] + [np.full(c.table.num_images, c.step) for c in self._chunks])
@@ -272,7 +287,7 @@ class DetGainState:
         arrays["image_step"] = steps[np.lexsort((seq, ids))]
         buffer = io.BytesIO()
         np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), **arrays)
-        write_bytes_atomic(path, buffer.getvalue())
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DetGainState:
@@ -284,6 +299,20 @@ class DetGainState:
             raise DataError(f"{path}: <file>: file does not exist") from None
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: <file>: not a DetGain state file ({exc})") from None
+        return cls._from_arrays(arrays, path)
+
+    @classmethod
+    def from_bytes(cls, content: bytes, *, source: str = "<bytes>") -> DetGainState:
+        """A state from ``to_bytes`` output; ``DataError`` naming ``source`` if it is not one."""
+        try:
+            with np.load(io.BytesIO(content), allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{source}: <file>: not a DetGain state ({exc})") from None
+        return cls._from_arrays(arrays, source)
+
+    @classmethod
+    def _from_arrays(cls, arrays: dict[str, np.ndarray], path: Any) -> DetGainState:
         try:
             meta = json.loads(str(arrays.pop("meta")))
             ok = meta.get("format") == STATE_FORMAT and meta.get("version") == STATE_VERSION

@@ -98,6 +98,25 @@ def check_same_model(checkpoint: dict[str, Any], model_config: dict[str, Any], *
                               f"it cannot continue this run")
 
 
+def check_same_section(checkpoint: dict[str, Any], section: str, current: dict[str, Any], *, source: str) -> None:
+    """``CheckpointError`` unless the checkpoint's run used this config ``section`` (``curation``,
+    ``augment``, ``optim``): continuing with another one would silently mix two recipes.
+
+    A checkpoint written before the section existed counts as having its defaults.
+    """
+    saved_config = checkpoint["config"] if isinstance(checkpoint.get("config"), dict) else {}
+    saved = saved_config.get(section)
+    if saved is None:
+        from curation_core.engine.config import TrainConfig
+
+        saved = TrainConfig.model_fields[section].default.model_dump(mode="json")
+    if saved != current:
+        diff = sorted(k for k in set(current) | set(saved) if saved.get(k) != current.get(k))
+        shown = ", ".join(f"{section}.{k}={saved.get(k)!r} (config: {current.get(k)!r})" for k in diff[:4])
+        raise CheckpointError(f"{source}: the run was trained with {shown}; resuming would mix two recipes: "
+                              f"restore the section or start a new train.output_dir")
+
+
 def check_same_categories(checkpoint: dict[str, Any], categories: list[dict[str, Any]], *, source: str,
                           checkpoint_path: str) -> None:
     """``CheckpointError`` unless ``categories`` (a COCO category list) has the checkpoint's ids and names.

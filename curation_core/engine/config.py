@@ -8,6 +8,7 @@ Sections (every field is documented on its class; unknown fields are errors):
 - ``optim``: optimizer (SGD or AdamW), weight decay, gradient clipping.
 - ``schedule``: iterations, linear warm-up, then step or cosine decay.
 - ``train``: output folder, batch size, seed, device, mixed precision, checkpoint/eval intervals.
+- ``curation``: online batch selection (DetGain and its baselines); ``method: none`` trains on the stream.
 
 ``load_config(path, overrides)`` reads the YAML file and applies ``key.sub=value`` overrides on top
 (values are parsed as YAML, so ``0.01``, ``true``, ``null`` and ``[0.8, 1.2]`` work). There is no
@@ -97,20 +98,71 @@ class DataConfig(_Section):
         return self
 
 
-class AugmentConfig(_Section):
-    """Training augmentations; each image draws its own parameters from (seed, epoch, position)."""
+#: What ``augment.preset: strong`` sets when a field is not given (explicit values win). Sized for
+#: small images and from-scratch training: colour jitter as torchvision's ColorJitter(0.4, 0.4, 0.4,
+#: 0.05), zoom out and in by 2x within the model-size canvas, shifts of up to a tenth of the canvas,
+#: mild noise, and copy-paste on half the images (DetGain, arXiv 2511.14197: selection overfits
+#: without strong augmentation). Rotation stays 0: the box of a rotated box is larger than the object.
+STRONG_DEFAULTS: dict[str, Any] = {
+    "scale_range": (0.5, 1.5), "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.05,
+    "translate": 0.1, "rotate": 0.0, "noise_std": 0.03, "copy_paste": 0.5,
+}
+#: Fields that only the strong preset uses: preset standard requires their defaults (so that a value
+#: set there cannot silently go unused).
+_STRONG_ONLY = ("hue", "translate", "rotate", "noise_std", "min_visible", "copy_paste", "copy_paste_max")
 
+
+class AugmentConfig(_Section):
+    """Training augmentations; each image draws its own parameters from (seed, stream position).
+
+    ``preset``:
+
+    - ``standard``: photometric jitter (brightness, contrast, saturation), resize to the model size
+      times a ``scale_range`` factor (the output size varies), horizontal flip. Field defaults are
+      its defaults; the strong-only fields must stay off.
+    - ``strong`` (``curation_core.engine.augment``): colour jitter (brightness, contrast, saturation,
+      hue, in that fixed order); zoom by a ``scale_range`` factor, shift by up to ``translate`` of the
+      canvas and rotate by up to ``rotate`` degrees, all within a canvas of the model size (crop and
+      zero pad), dropping boxes with less than ``min_visible`` of their area left; horizontal flip;
+      Gaussian noise of ``noise_std``; and copy-paste of objects between the images of a batch
+      (``copy_paste`` probability, up to ``copy_paste_max`` objects). Fields not given take the
+      values of ``STRONG_DEFAULTS``; the resolved values are what ``config.yaml`` records.
+    """
+
+    preset: Literal["standard", "strong"] = Field("standard", description="standard or strong (see the class)")
     hflip: Float = Field(0.5, ge=0.0, le=1.0, description="probability of a horizontal flip")
     scale_range: tuple[Float, Float] = Field((1.0, 1.0), description="scale jitter: factor on the model size, [lo, hi]")
     brightness: Float = Field(0.0, ge=0.0, lt=1.0, description="brightness factor drawn from [1 - b, 1 + b]")
     contrast: Float = Field(0.0, ge=0.0, lt=1.0, description="contrast factor drawn from [1 - c, 1 + c]")
     saturation: Float = Field(0.0, ge=0.0, lt=1.0, description="saturation factor drawn from [1 - s, 1 + s]")
+    hue: Float = Field(0.0, ge=0.0, le=0.5, description="strong: hue shift drawn from [-h, h] (fraction of the circle)")
+    translate: Float = Field(0.0, ge=0.0, le=0.5, description="strong: shift drawn from [-t, t] x canvas width/height")
+    rotate: Float = Field(0.0, ge=0.0, le=180.0, description="strong: rotation drawn from [-r, r] degrees")
+    noise_std: Float = Field(0.0, ge=0.0, le=1.0, description="strong: std of Gaussian pixel noise (pixels in [0, 1])")
+    min_visible: Float = Field(
+        0.3, ge=0.0, le=1.0, description="strong: a box keeping less than this fraction of its area (crop, paste) is dropped"
+    )
+    copy_paste: Float = Field(0.0, ge=0.0, le=1.0, description="strong: probability that an image receives pasted objects")
+    copy_paste_max: Int = Field(3, ge=1, description="strong: most objects pasted into one image")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") == "strong":
+            return {**STRONG_DEFAULTS, **data}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> AugmentConfig:
         lo, hi = self.scale_range
         if not 0.0 < lo <= hi:
             raise ValueError(f"scale_range must satisfy 0 < lo <= hi; got {list(self.scale_range)}")
+        if self.preset == "standard":
+            fields = type(self).model_fields
+            changed = [name for name in _STRONG_ONLY if getattr(self, name) != fields[name].default]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} apply to preset 'strong' only; set preset: strong or "
+                                 f"leave them at their defaults")
         return self
 
 
@@ -167,6 +219,49 @@ class TrainSection(_Section):
         return self
 
 
+#: Valid ``curation.method`` values; the methods that need a teacher.
+CurationMethod = Literal["none", "uniform", "loss", "loss_learnability", "image_ap", "detgain"]
+TEACHER_METHODS = ("loss_learnability", "image_ap", "detgain")
+
+
+class CurationConfig(_Section):
+    """Online batch selection (Sun et al., arXiv 2511.14197): each step scores a super-batch of
+    ``super_batch`` images and trains on the ``train.batch_size`` best (``curation_core.curation``).
+
+    ``method``: none (train on the stream), uniform (random b of B), loss (highest student loss),
+    loss_learnability (student loss minus teacher loss), image_ap (teacher minus student per-image
+    AP), detgain (teacher minus student DetGain against each model's running state of D).
+    """
+
+    method: CurationMethod = Field("none", description="selection method (none: plain training)")
+    super_batch: Int = Field(80, ge=1, description="images scored per selection (B)")
+    estimator: Literal["exact", "uniform", "empirical"] = Field("empirical", description="DetGain estimator")
+    rule: Literal["top", "sample"] = Field("top", description="top: the b best; sample: softmax(score / temperature)")
+    temperature: Float = Field(1.0, gt=0.0, description="rule=sample: softmax temperature in score units")
+    normalize_scores: Bool = Field(False, description="rule=sample: z-score the B scores before the softmax")
+    teacher: str | None = Field(None, description="teacher checkpoint path or models:/NAME@ALIAS URI")
+    score_thresh: Float = Field(0.05, ge=0.0, le=1.0, description="detections below this score are not scored")
+    detections_per_img: Int = Field(100, ge=1, description="most detections per image used for scoring")
+    window: Int | None = Field(2000, ge=1, description="DetGain state: keep the most recent N images (null: all)")
+    decay: Float | None = Field(None, gt=0.0, lt=1.0, description="DetGain state: per-update weight decay (null: none)")
+    warmup_iters: Int = Field(0, ge=0, description="plain steps (first b of each super-batch) before selection")
+    student_bn: Literal["eval", "batch"] = Field(
+        "eval", description="student BatchNorm while scoring: running statistics (eval) or super-batch statistics")
+    score_every: Int = Field(1, ge=1, description="score one super-batch every k steps and keep k*b of it")
+    teacher_cache: Bool = Field(False, description="reuse the teacher's detections per image (geometric views)")
+
+    @model_validator(mode="after")
+    def _check(self) -> CurationConfig:
+        if self.method in TEACHER_METHODS and self.teacher is None:
+            raise ValueError(f"method {self.method!r} needs a teacher (curation.teacher: checkpoint or models:/ URI)")
+        if self.teacher_cache and self.method not in ("detgain", "image_ap"):
+            raise ValueError(f"teacher_cache applies to the teacher's detections (methods detgain, image_ap); "
+                             f"method {self.method!r} uses none")
+        if self.estimator == "exact" and self.decay is not None:
+            raise ValueError("estimator 'exact' needs equal image weights: set decay to null (use window)")
+        return self
+
+
 class TrainConfig(_Section):
     """A complete training run (see the module docstring for the sections)."""
 
@@ -176,6 +271,15 @@ class TrainConfig(_Section):
     optim: OptimConfig
     schedule: ScheduleConfig
     train: TrainSection
+    curation: CurationConfig = CurationConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        cur = self.curation
+        if cur.method != "none" and cur.super_batch < self.train.batch_size * cur.score_every:
+            raise ValueError(f"curation.super_batch ({cur.super_batch}) must be >= train.batch_size x "
+                             f"curation.score_every ({self.train.batch_size} x {cur.score_every})")
+        return self
 
     def flat_params(self) -> dict[str, str | int | float | bool]:
         """Every field under its dotted name (``"optim.lr"``), for logging as run parameters.

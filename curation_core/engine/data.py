@@ -2,7 +2,9 @@
 
 A training sample is ``(image, target)``: ``image`` float32 (3, H, W) RGB in [0, 1]; ``target`` holds
 ``boxes`` float32 (N, 4) xyxy in absolute pixels of the returned image, ``labels`` int64 (N,) in
-1..K, ``ann_ids`` int64 (N,) and ``image_id`` int64 (). Images without boxes give ``boxes`` of shape
+1..K, ``ann_ids`` int64 (N,), ``image_id`` int64 () and, for training samples, ``position`` int64 ()
+(the sample's position in the stream, below) and, when the augmented view is an axis-aligned
+resize/crop/flip of the stored image, ``view`` float64 (4,) (``make_view``). Images without boxes give ``boxes`` of shape
 (0, 4), which torchvision's detectors accept as all-background images. Crowd annotations
 (``iscrowd=1``) are never training targets; annotations with ``ignore=1`` are, and their flag is
 kept in ``target["ignore"]`` (bool (N,)) for losses that use it.
@@ -34,6 +36,8 @@ _ORDER_DOMAIN = 0
 _AUGMENT_DOMAIN = 1
 #: Boxes narrower or lower than this (pixels) after clipping to the image are dropped (degenerate).
 MIN_BOX_SIDE = 1e-2
+#: Image-level keys of a target; every other tensor with a first dimension holds one row per box.
+IMAGE_KEYS = frozenset({"image_id", "position", "view"})
 
 Target = dict[str, torch.Tensor]
 
@@ -93,7 +97,7 @@ def clip_target(target: Target, *, width: float, height: float) -> Target:
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0.0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0.0, height)
     keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIDE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIDE)
-    out = {key: (value[keep] if value.ndim and key != "image_id" else value) for key, value in target.items()}
+    out = {key: (value[keep] if value.ndim and key not in IMAGE_KEYS else value) for key, value in target.items()}
     out["boxes"] = boxes[keep]
     return out
 
@@ -105,6 +109,28 @@ def clip_target(target: Target, *, width: float, height: float) -> Target:
 def resize_scale(height: int, width: int, *, min_size: int, max_size: int) -> float:
     """torchvision's rule: scale the short side to ``min_size`` unless the long side exceeds ``max_size``."""
     return min(min_size / min(height, width), max_size / max(height, width))
+
+
+def make_view(sx: float, sy: float, tx: float, ty: float) -> torch.Tensor:
+    """float64 (4,) ``[sx, sy, tx, ty]``: an augmented view's box geometry, ``x' = sx x + tx``,
+    ``y' = sy y + ty`` from the stored image to the view (``sx < 0``: mirrored). Targets carry it as
+    ``target["view"]`` when the view is an axis-aligned resize/crop/flip of the stored image."""
+    return torch.tensor([sx, sy, tx, ty], dtype=torch.float64)
+
+
+def flip_view(view: torch.Tensor, width: float) -> torch.Tensor:
+    """The view followed by a horizontal flip of a ``width`` pixels wide image: ``x'' = width - x'``."""
+    sx, sy, tx, ty = view.tolist()
+    return make_view(-sx, sy, width - tx, ty)
+
+
+def map_boxes(boxes: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+    """xyxy boxes (N, 4) of the stored image -> xyxy boxes of the view (``make_view``); not clipped."""
+    sx, sy, tx, ty = view.tolist()
+    xs = boxes[:, 0::2].double() * sx + tx
+    ys = boxes[:, 1::2].double() * sy + ty
+    out = torch.stack([xs.min(dim=1).values, ys.min(dim=1).values, xs.max(dim=1).values, ys.max(dim=1).values], 1)
+    return out.to(boxes.dtype)
 
 
 def hflip_boxes(boxes: torch.Tensor, width: float) -> torch.Tensor:
@@ -122,10 +148,13 @@ def scale_boxes(boxes: torch.Tensor, sx: float, sy: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """Photometric jitter, resize to the model size times a scale jitter, horizontal flip.
+    """The per-image augmentation of ``augment.preset``.
 
-    ``min_size``/``max_size`` are the model's (``ModelConfig``). Parameters are drawn from ``rng`` in
-    a fixed order, so a generator state gives one outcome.
+    ``standard``: photometric jitter, resize to the model size times a scale jitter, horizontal flip
+    (the output size varies with the jitter). ``strong``: ``engine.augment.strong_transform`` (colour
+    jitter, zoom/shift/rotation within a canvas of the model size, flip, noise). ``min_size``/
+    ``max_size`` are the model's (``ModelConfig``). Parameters are drawn from ``rng`` in a fixed
+    order, so a generator state gives one outcome.
     """
 
     augment: AugmentConfig
@@ -133,6 +162,11 @@ class TrainTransform:
     max_size: int
 
     def __call__(self, image: torch.Tensor, target: Target, rng: np.random.Generator) -> tuple[torch.Tensor, Target]:
+        if self.augment.preset == "strong":
+            from curation_core.engine.augment import strong_transform  # imports this module: not at the top
+
+            return strong_transform(image, target, rng, augment=self.augment, min_size=self.min_size,
+                                    max_size=self.max_size)
         from torchvision.transforms.v2 import functional as F
 
         a = self.augment
@@ -148,13 +182,15 @@ class TrainTransform:
         height, width = image.shape[-2:]
         scale = resize_scale(height, width, min_size=self.min_size, max_size=self.max_size) * jitter
         new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+        view = make_view(new_w / width, new_h / height, 0.0, 0.0)
         if (new_h, new_w) != (height, width):
             image = F.resize(image, [new_h, new_w], antialias=True)
             target = {**target, "boxes": scale_boxes(target["boxes"], new_w / width, new_h / height)}
         if flip:
             image = image.flip(-1)
             target = {**target, "boxes": hflip_boxes(target["boxes"], new_w)}
-        return image, clip_target(target, width=new_w, height=new_h)
+            view = flip_view(view, new_w)
+        return image, clip_target({**target, "view": view}, width=new_w, height=new_h)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,6 +242,8 @@ class DetectionDataset(Dataset):
             stream = 0 if position is None else position
             rng = np.random.default_rng([self.seed, _AUGMENT_DOMAIN, stream])
             image, target = self.transform(image, target, rng)
+        if position is not None:  # identifies the sample in a super-batch (an image can occur twice)
+            target["position"] = torch.tensor(position, dtype=torch.int64)
         return image, target
 
 

@@ -12,6 +12,7 @@ import sys
 import click
 
 from curation_core.errors import CocoValidationError, DetCurateError
+from pipelines.cli import curation_report as curation_report_cmds
 from pipelines.cli import data as data_cmds
 from pipelines.cli import demo as demo_cmds
 from pipelines.cli import evaluate as evaluate_cmds
@@ -31,10 +32,12 @@ def cli() -> None:
     Evaluation:  detcurate eval --gt GT.json --dt DT.json
     Training:    detcurate train --config FILE [--set key=value] [--resume] | evaluate
     Figures:     detcurate report --run NAME=runs/NAME/metrics.json --out FIG.png
+    Curation:    detcurate curation-report --selections runs/NAME/selections.csv --annotations A.json --out DIR
     DetGain:     detcurate score --gt GT.json --teacher-dt T.json --student-dt S.json
     """
 
 
+cli.add_command(curation_report_cmds.curation_report_cmd)
 cli.add_command(data_cmds.data)
 cli.add_command(demo_cmds.demo_cmd)
 cli.add_command(evaluate_cmds.eval_cmd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,18 +68,25 @@ def train_cmd(config_path: Path, overrides: tuple[str, ...], resume: bool, no_tr
     from curation_core.engine.trainer import TrainingInterrupted
 
     config = load_config(config_path, overrides)  # validate before anything else starts
-    hooks = [_progress_hook()]
-    if not no_track:
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 draws progress and talks to MLflow
+    hooks = [_progress_hook()] if rank0 else []
+    if not no_track and rank0:
         from pipelines.tracking import training_hooks
 
         hooks += training_hooks(config, register_as=register_as)
+    resolve_uri = None
+    if config.curation.teacher and config.curation.teacher.startswith("models:/"):
+        from pipelines.registry import resolve_checkpoint as resolve_uri
     try:
-        result = train_detector(str(config_path), overrides, hooks=hooks, resume=resume)
+        result = train_detector(str(config_path), overrides, hooks=hooks, resume=resume, resolve_uri=resolve_uri)
     except TrainingInterrupted as stop:
         click.echo(f"detcurate train: {stop}", err=True)
         sys.exit(stop.exit_code)
-    rows: list[tuple[str, Any]] = [("iterations", result.iterations), ("train images/s", result.images_per_s),
-                                   ("checkpoint", str(result.checkpoint))]
+    rows: list[tuple[str, Any]] = [("iterations", result.iterations), ("train images/s", result.images_per_s)]
+    if config.curation.method != "none":
+        rows += [("curation", config.curation.method), ("scored images/s", result.scored_images_per_s),
+                 ("selections", str(result.output_dir / "selections.csv"))]
+    rows.append(("checkpoint", str(result.checkpoint)))
     if result.final_stats is not None:
         rows += list(result.final_stats.named().items())
     ui.print_table(f"Training run {result.output_dir}", ["", "value"], rows)
@@ -92,9 +100,11 @@ def train_cmd(config_path: Path, overrides: tuple[str, ...], resume: bool, no_tr
 @click.option("--detections", type=click.Path(path_type=Path), help="Write the detections (COCO results JSON) here.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--no-track", is_flag=True, help="Do not log the evaluation to MLflow.")
-@click.option("--register-as", metavar="NAME", help="Register the checkpoint in the MLflow model registry (alias champion).")
+@click.option("--register-as", metavar="NAME", help="Register the checkpoint in the MLflow model registry.")
+@click.option("--alias", default="champion", show_default=True,
+              help="Alias the registered version gets (e.g. teacher: curation.teacher=models:/NAME@teacher).")
 def evaluate_cmd(checkpoint: Path, annotations: Path, images: Path, out: Path | None, detections: Path | None,
-                 device: str, no_track: bool, register_as: str | None) -> None:
+                 device: str, no_track: bool, register_as: str | None, alias: str) -> None:
     """Evaluate a checkpoint on a COCO data set: the 12 COCO box statistics, as pycocotools computes them."""
     import tempfile
 
@@ -110,6 +120,6 @@ def evaluate_cmd(checkpoint: Path, annotations: Path, images: Path, out: Path | 
             from pipelines.tracking import log_evaluation
 
             log_evaluation(stats, checkpoint=checkpoint, report_path=report, data_paths=[annotations, images],
-                           register_as=register_as)
+                           register_as=register_as, alias=alias)
     ui.print_table(f"{checkpoint} on {annotations}", ["statistic", "value"],
                    zip(COCO_STAT_NAMES, stats.stats, strict=True))

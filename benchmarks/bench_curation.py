@@ -1,0 +1,348 @@
+"""Online curation benchmark: final val AP of a student trained on curated batches, against plain training.
+
+    python benchmarks/bench_curation.py                          # the CPU profile (resumable, runs in parts)
+    python benchmarks/bench_curation.py --only clean:plain,clean:detgain-empirical --seeds 0,1,2
+    python benchmarks/bench_curation.py --profile smoke          # seconds: the test's profile
+    python benchmarks/bench_curation.py --report-only            # table and plots of what is finished
+
+Every run is ``detcurate train`` in a subprocess (one torch thread each, ``--jobs`` at a time) on the
+benchmark's own synthetic data set (seed ``DATA_SEED``, never used for choosing settings: that is what
+``--data-seed`` of a development run is for). Same student, same gradient steps, same optimizer and
+schedule for every method; only the batches differ. Each finished run is appended to the result file
+at once; a re-run does only what is missing (a run whose output folder has a checkpoint is resumed).
+
+Results: ``benchmarks/results/curation.json`` ``{"runs": [{"setting", "method", "estimator", "seed",
+"iterations", "final_AP", "final_AP50", "wall_s", "history": [[iteration, AP], ...]}, ...], "profile": ...}``,
+``curation.md`` (mean and spread over seeds, AP at equal wall-clock time, time to reach plain's final AP)
+and ``curation_ap.png`` (AP over iterations per method, mean over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, print_rows  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DETCURATE = str(Path(sys.executable).parent / "detcurate")
+#: Seed of the benchmark's data set (settings are chosen on other seeds).
+DATA_SEED = 2026
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Scale of a benchmark, fixed before any method's result is seen."""
+
+    train_images: int
+    val_images: int
+    iterations: int
+    eval_every: int
+    teacher_iterations: int
+    super_batch: int
+    batch_size: int = 16
+    student: str = "nano"
+    teacher: str = "tiny"
+    weak_teacher_iterations: int = 0
+    extra: tuple[str, ...] = ()
+
+
+PROFILES = {
+    # 2 CPU cores: a few hours in all for every run below (each run one thread).
+    "cpu": Profile(train_images=3000, val_images=300, iterations=800, eval_every=200, teacher_iterations=2400,
+                   super_batch=48, weak_teacher_iterations=600),
+    # development runs (choosing settings on another data seed) and this machine's first pass.
+    "dev": Profile(train_images=3000, val_images=300, iterations=600, eval_every=150, teacher_iterations=800,
+                   super_batch=32, weak_teacher_iterations=400),
+    # a GPU: the demo's scale times ten.
+    "gpu": Profile(train_images=12000, val_images=1000, iterations=4000, eval_every=500, teacher_iterations=12000,
+                   super_batch=80, student="tiny", teacher="small", weak_teacher_iterations=3000),
+    # seconds, for tests/test_bench_curation.py
+    "smoke": Profile(train_images=24, val_images=8, iterations=4, eval_every=2, teacher_iterations=4, super_batch=8,
+                     batch_size=4, extra=("model.min_size=64", "model.max_size=64", "schedule.warmup_iters=1")),
+}
+
+#: Method variants: name -> (curation overrides, augment preset).
+VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
+    "plain": ({"method": "none"}, "standard"),
+    "strong": ({"method": "none"}, "strong"),
+    "uniform": ({"method": "uniform"}, "strong"),
+    "loss": ({"method": "loss"}, "strong"),
+    "loss_learnability": ({"method": "loss_learnability"}, "strong"),
+    "image_ap": ({"method": "image_ap"}, "strong"),
+    "detgain-uniform": ({"method": "detgain", "estimator": "uniform"}, "strong"),
+    "detgain-empirical": ({"method": "detgain", "estimator": "empirical"}, "strong"),
+    "detgain-exact": ({"method": "detgain", "estimator": "exact"}, "strong"),
+}
+#: (setting, variant) pairs of the full benchmark, in the order they run.
+CLEAN = [("clean", v) for v in VARIANTS]
+NOISY = [("noisy", v) for v in ("plain", "uniform", "loss_learnability", "detgain-empirical")]
+TEACHERS = [("weak-teacher", "detgain-empirical")]
+
+
+@dataclass
+class Bench:
+    profile: Profile
+    work: Path
+    out: Path
+    seeds: list[int]
+    jobs: int
+    data_seed: int = DATA_SEED
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    # -- data and teachers -------------------------------------------------------------------------
+    def data(self) -> Path:
+        folder = self.work / "data"
+        if not (folder / "synth.json").is_file():
+            _run([DETCURATE, "data", "synth", "--out", str(folder), "--train", str(self.profile.train_images),
+                  "--val", str(self.profile.val_images), "--size", "128", "--seed", str(self.data_seed)])
+        return folder
+
+    def noisy_annotations(self) -> Path:
+        """The training set with spurious (10 %), jittered (0.1), swapped (10 %) and hard-missing boxes."""
+        src, out = self.data() / "train" / "annotations.json", self.work / "noisy" / "train.json"
+        if out.is_file():
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        steps = [("hard", []), ("spurious", ["--fraction", "0.1"]), ("jitter", ["--amount", "0.1"]),
+                 ("swap", ["--fraction", "0.1"])]
+        current = src
+        for i, (mode, extra) in enumerate(steps):
+            target = out if i == len(steps) - 1 else out.parent / f"step{i}_{mode}.json"
+            _run([DETCURATE, "data", "corrupt", "--in", str(current), "--out", str(target), "--mode", mode,
+                  "--seed", str(self.data_seed + i), *extra])
+            current = target
+        return out
+
+    def teacher(self, iterations: int) -> Path:
+        run = self.work / f"teacher_{self.profile.teacher}_{iterations}"
+        checkpoint, metrics = run / "checkpoint.pt", run / "metrics.json"
+        if not metrics.is_file():
+            p = self.profile
+            overrides = self._common(seed=0, output=run, annotations=self.data() / "train" / "annotations.json") + [
+                f"model.backbone={p.teacher}", f"schedule.max_iter={iterations}", f"train.eval_every={iterations}",
+                "train.num_threads=1"]
+            _run([DETCURATE, "train", "--config", str(ROOT / "configs" / "demo_student.yaml"), "--no-track",
+                  "--resume", *sum((["--set", o] for o in overrides), [])])
+        return checkpoint
+
+    # -- runs --------------------------------------------------------------------------------------
+    def _common(self, *, seed: int, output: Path, annotations: Path) -> list[str]:
+        p, data = self.profile, self.data()
+        return [f"data.train_annotations={annotations}", f"data.train_images={data / 'train' / 'images'}",
+                f"data.val_annotations={data / 'val' / 'annotations.json'}", f"data.val_images={data / 'val' / 'images'}",
+                f"train.output_dir={output}", f"train.seed={seed}", f"train.batch_size={p.batch_size}",
+                f"model.backbone={p.student}", f"schedule.max_iter={p.iterations}", f"train.eval_every={p.eval_every}",
+                "train.checkpoint_every=100", "train.num_threads=1", *p.extra]
+
+    def run_overrides(self, setting: str, variant: str, seed: int, output: Path) -> list[str]:
+        curation, preset = VARIANTS[variant]
+        noisy = setting == "noisy"
+        annotations = self.noisy_annotations() if noisy else self.data() / "train" / "annotations.json"
+        overrides = self._common(seed=seed, output=output, annotations=annotations) + [f"augment.preset={preset}"]
+        overrides += [f"curation.{k}={v}" for k, v in curation.items()]
+        if curation["method"] != "none":
+            overrides.append(f"curation.super_batch={self.profile.super_batch}")
+        if curation["method"] in ("loss_learnability", "image_ap", "detgain"):
+            weak = setting == "weak-teacher"
+            iterations = self.profile.weak_teacher_iterations if weak else self.profile.teacher_iterations
+            overrides.append(f"curation.teacher={self.teacher(iterations)}")
+        return overrides
+
+    def key(self, setting: str, variant: str, seed: int) -> tuple[str, str, int]:
+        return setting, variant, seed
+
+    def done(self) -> set[tuple[str, str, int]]:
+        return {(r["setting"], r["variant"], r["seed"]) for r in self.runs}
+
+    def one(self, setting: str, variant: str, seed: int) -> dict[str, Any]:
+        output = self.work / "runs" / f"{setting}_{variant}_s{seed}"
+        overrides = self.run_overrides(setting, variant, seed, output)
+        start = time.perf_counter()
+        _run([DETCURATE, "train", "--config", str(ROOT / "configs" / "demo_student.yaml"), "--no-track", "--resume",
+              *sum((["--set", o] for o in overrides), [])], log=output.parent / f"{output.name}.log")
+        wall = time.perf_counter() - start
+        metrics = json.loads((output / "metrics.json").read_text())
+        curation, _ = VARIANTS[variant]
+        return {"setting": setting, "variant": variant, "method": curation["method"],
+                "estimator": curation.get("estimator"), "seed": seed, "iterations": metrics["iterations"],
+                "final_AP": metrics["final"]["AP"], "final_AP50": metrics["final"]["AP50"],
+                "wall_s": round(wall, 1),
+                "train_s": metrics["history"][-1].get("train_seconds") if metrics["history"] else None, "images_per_s": metrics.get("images_per_s"),
+                "scored_images_per_s": metrics.get("scored_images_per_s"),
+                "history": [[h["iteration"], h["AP"]] for h in metrics["history"]],
+                "history_train_s": [h.get("train_seconds") for h in metrics["history"]]}
+
+    def run_all(self, pairs: list[tuple[str, str]]) -> None:
+        todo = [(s, v, seed) for seed in self.seeds for s, v in pairs if (s, v, seed) not in self.done()]
+        print(f"{len(todo)} runs to do ({len(self.done())} done)", flush=True)
+        if any(VARIANTS[v][0]["method"] in ("loss_learnability", "image_ap", "detgain") for _, v, _ in todo):
+            self.teacher(self.profile.teacher_iterations)  # once, before the parallel runs need it
+        if any(s == "weak-teacher" for s, _, _ in todo):
+            self.teacher(self.profile.weak_teacher_iterations)
+        if any(s == "noisy" for s, _, _ in todo):
+            self.noisy_annotations()
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            for row in pool.map(lambda job: self._safe(*job), todo):
+                if row is not None:
+                    self.runs.append(row)
+                    self.save()
+                    print(f"done {row['setting']} {row['variant']} seed {row['seed']}: AP {row['final_AP']:.4f} "
+                          f"({row['wall_s']:.0f} s)", flush=True)
+
+    def _safe(self, setting: str, variant: str, seed: int) -> dict[str, Any] | None:
+        try:
+            return self.one(setting, variant, seed)
+        except subprocess.CalledProcessError as exc:
+            print(f"FAILED {setting} {variant} seed {seed}: exit {exc.returncode} (see the run's .log)", flush=True)
+            return None
+
+    # -- results -----------------------------------------------------------------------------------
+    def load(self) -> None:
+        if self.out.is_file():
+            payload = json.loads(self.out.read_text())
+            if payload.get("profile", {}).get("name") == self.profile_name:
+                self.runs = payload["runs"]
+
+    @property
+    def profile_name(self) -> str:
+        return next(name for name, p in PROFILES.items() if p == self.profile)
+
+    def save(self) -> None:
+        from curation_core.io import write_json_atomic
+
+        profile = {"name": self.profile_name, **self.profile.__dict__, "data_seed": self.data_seed}
+        write_json_atomic(self.out, {"benchmark": "curation", "machine": machine_info(), "profile": profile,
+                                     "runs": sorted(self.runs, key=lambda r: (r["setting"], r["variant"], r["seed"]))},
+                          indent=2)
+
+
+def _run(cmd: list[str], *, log: Path | None = None) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    if log is None:
+        subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as handle:
+        subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, standard deviation and standard error of final AP per (setting, variant); gain over plain."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["setting"], r["variant"]), []).append(r)
+    plain = {s: np.mean([r["final_AP"] for r in rs]) for (s, v), rs in groups.items() if v == "plain"}
+    plain.setdefault("weak-teacher", plain.get("clean", math.nan))
+    rows = []
+    for (setting, variant), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], list(VARIANTS).index(kv[0][1]))):
+        ap = np.array([r["final_AP"] for r in rs])
+        sd = float(ap.std(ddof=1)) if ap.size > 1 else math.nan
+        base = plain.get(setting, math.nan)
+        rows.append({"setting": setting, "variant": variant, "seeds": int(ap.size), "AP mean": float(ap.mean()),
+                     "AP sd": sd, "AP se": sd / math.sqrt(ap.size) if ap.size > 1 else math.nan,
+                     "AP50 mean": float(np.mean([r["final_AP50"] for r in rs])),
+                     "vs plain %": 100.0 * (ap.mean() / base - 1.0) if base and math.isfinite(base) else math.nan,
+                     "wall s": float(np.mean([r["wall_s"] for r in rs])),
+                     "time to plain AP": _time_to(rs, base)})
+    return rows
+
+
+def _time_to(runs: list[dict[str, Any]], target: float) -> float:
+    """Mean over seeds of the wall time (interpolated linearly in iterations) at which the AP history first
+    reaches ``target`` (plain training's final AP), as a fraction of the run's wall time; NaN if never."""
+    fractions = []
+    for r in runs:
+        hit = next((it for it, ap in r["history"] if ap >= target), None)
+        fractions.append(hit / r["iterations"] if hit is not None else math.nan)
+    return float(np.mean(fractions)) if fractions else math.nan
+
+
+def write_markdown(path: Path, rows: list[dict[str, Any]], profile: dict[str, Any]) -> None:
+    from curation_core.io import atomic_write
+
+    head = ["setting", "variant", "seeds", "AP mean", "AP sd", "AP se", "AP50 mean", "vs plain %", "wall s",
+            "time to plain AP"]
+    lines = [f"Profile `{profile.get('name')}`: {profile}", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[h]:.4g}" if isinstance(r[h], float) else str(r[h]) for h in head) + " |")
+    with atomic_write(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def plot(path: Path, runs: list[dict[str, Any]]) -> None:
+    """AP over iterations, mean over seeds, one line per (setting, variant)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from curation_core.io import atomic_write
+
+    settings = sorted({r["setting"] for r in runs})
+    fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.5), squeeze=False)
+    for ax, setting in zip(axes[0], settings, strict=True):
+        for variant in VARIANTS:
+            rs = [r for r in runs if r["setting"] == setting and r["variant"] == variant]
+            if not rs:
+                continue
+            its = sorted({it for r in rs for it, _ in r["history"]})
+            mean = [np.mean([dict(map(tuple, r["history"])).get(it, np.nan) for r in rs]) for it in its]
+            ax.plot(its, mean, marker="o", label=f"{variant} (n={len(rs)})")
+        ax.set_title(f"{setting}: val AP, mean over seeds")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("AP")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", choices=list(PROFILES), default="cpu")
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "curation")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "curation.json")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
+    parser.add_argument("--only", default="", help="comma-separated setting:variant pairs (default: all)")
+    parser.add_argument("--data-seed", type=int, default=DATA_SEED, help="another seed = a development data set")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    bench = Bench(PROFILES[args.profile], args.work, args.out, [int(s) for s in args.seeds.split(",")], args.jobs,
+                  data_seed=args.data_seed)
+    bench.load()
+    pairs = CLEAN + NOISY + TEACHERS
+    if args.only:
+        pairs = [tuple(p.split(":", 1)) for p in args.only.split(",")]  # type: ignore[misc]
+        unknown = [p for p in pairs if p[1] not in VARIANTS]
+        if unknown:
+            parser.error(f"--only: unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
+    if not args.report_only:
+        bench.run_all(pairs)
+    rows = summarize(bench.runs)
+    if rows:
+        profile = {"name": bench.profile_name, **bench.profile.__dict__}
+        write_markdown(args.out.with_suffix(".md"), rows, profile)
+        plot(args.out.with_name(args.out.stem + "_ap.png"), bench.runs)
+    print_rows(f"Online curation, profile {args.profile} (val AP over seeds)", rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
