@@ -74,10 +74,20 @@ PROFILES = {
                      batch_size=4, extra=("model.min_size=64", "model.max_size=64", "schedule.warmup_iters=1")),
 }
 
-#: Method variants: name -> (curation overrides, augment preset).
+#: Augmentations: standard = the demo's flips; strong = the preset's defaults; mild = the strong preset
+#: with half its geometric and colour range (chosen on the development data set, seed 1).
+AUGMENTS: dict[str, dict[str, Any]] = {
+    "standard": {"preset": "standard"},
+    "strong": {"preset": "strong"},
+    "mild": {"preset": "strong", "scale_range": "[0.75,1.25]", "brightness": 0.2, "contrast": 0.2, "saturation": 0.2,
+             "hue": 0.0, "translate": 0.05, "noise_std": 0.01},
+}
+#: Method variants: name -> (curation overrides, augmentation). Curated variants use strong augmentation,
+#: as in the paper; the "-std" / "-mild" ones isolate the augmentation's part.
 VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "plain": ({"method": "none"}, "standard"),
     "strong": ({"method": "none"}, "strong"),
+    "mild": ({"method": "none"}, "mild"),
     "uniform": ({"method": "uniform"}, "strong"),
     "loss": ({"method": "loss"}, "strong"),
     "loss_learnability": ({"method": "loss_learnability"}, "strong"),
@@ -85,9 +95,14 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "detgain-uniform": ({"method": "detgain", "estimator": "uniform"}, "strong"),
     "detgain-empirical": ({"method": "detgain", "estimator": "empirical"}, "strong"),
     "detgain-exact": ({"method": "detgain", "estimator": "exact"}, "strong"),
+    "detgain-envelope": ({"method": "detgain", "estimator": "envelope"}, "strong"),
+    "uniform-std": ({"method": "uniform"}, "standard"),
+    "detgain-empirical-std": ({"method": "detgain", "estimator": "empirical"}, "standard"),
+    "uniform-mild": ({"method": "uniform"}, "mild"),
+    "detgain-empirical-mild": ({"method": "detgain", "estimator": "empirical"}, "mild"),
 }
 #: (setting, variant) pairs of the full benchmark, in the order they run.
-CLEAN = [("clean", v) for v in VARIANTS]
+CLEAN = [("clean", v) for v in VARIANTS if not v.endswith(("-std", "-mild")) and v != "mild"]
 NOISY = [("noisy", v) for v in ("plain", "uniform", "loss_learnability", "detgain-empirical")]
 TEACHERS = [("weak-teacher", "detgain-empirical")]
 
@@ -148,10 +163,11 @@ class Bench:
                 "train.checkpoint_every=100", "train.num_threads=1", *p.extra]
 
     def run_overrides(self, setting: str, variant: str, seed: int, output: Path) -> list[str]:
-        curation, preset = VARIANTS[variant]
+        curation, augment = VARIANTS[variant]
         noisy = setting == "noisy"
         annotations = self.noisy_annotations() if noisy else self.data() / "train" / "annotations.json"
-        overrides = self._common(seed=seed, output=output, annotations=annotations) + [f"augment.preset={preset}"]
+        overrides = self._common(seed=seed, output=output, annotations=annotations)
+        overrides += [f"augment.{k}={v}" for k, v in AUGMENTS[augment].items()]
         overrides += [f"curation.{k}={v}" for k, v in curation.items()]
         if curation["method"] != "none":
             overrides.append(f"curation.super_batch={self.profile.super_batch}")
@@ -240,42 +256,76 @@ def _run(cmd: list[str], *, log: Path | None = None) -> None:
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean, standard deviation and standard error of final AP per (setting, variant); gain over plain."""
+    """Per (setting, variant): mean, standard deviation and standard error of final AP over seeds, the gain
+    over plain training, and the speed columns (``_to_target``, ``_ap_at``)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in runs:
         groups.setdefault((r["setting"], r["variant"]), []).append(r)
-    plain = {s: np.mean([r["final_AP"] for r in rs]) for (s, v), rs in groups.items() if v == "plain"}
-    plain.setdefault("weak-teacher", plain.get("clean", math.nan))
+    plain_runs = {s: rs for (s, v), rs in groups.items() if v == "plain"}
+    plain_runs.setdefault("weak-teacher", plain_runs.get("clean", []))
     rows = []
     for (setting, variant), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], list(VARIANTS).index(kv[0][1]))):
         ap = np.array([r["final_AP"] for r in rs])
         sd = float(ap.std(ddof=1)) if ap.size > 1 else math.nan
-        base = plain.get(setting, math.nan)
+        base_runs = plain_runs.get(setting, [])
+        base = float(np.mean([r["final_AP"] for r in base_runs])) if base_runs else math.nan
+        base_s = float(np.mean([_train_s(r) for r in base_runs])) if base_runs else math.nan
+        hits = [_to_target(r, base) for r in rs]
         rows.append({"setting": setting, "variant": variant, "seeds": int(ap.size), "AP mean": float(ap.mean()),
                      "AP sd": sd, "AP se": sd / math.sqrt(ap.size) if ap.size > 1 else math.nan,
                      "AP50 mean": float(np.mean([r["final_AP50"] for r in rs])),
                      "vs plain %": 100.0 * (ap.mean() / base - 1.0) if base and math.isfinite(base) else math.nan,
-                     "wall s": float(np.mean([r["wall_s"] for r in rs])),
-                     "time to plain AP": _time_to(rs, base)})
+                     "train s": float(np.mean([_train_s(r) for r in rs])),
+                     "AP at plain's time": float(np.mean([_ap_at(r, base_s) for r in rs])),
+                     "iters to plain AP": float(np.mean([h[0] for h in hits])),
+                     "time to plain AP": float(np.mean([h[1] for h in hits])) / base_s if base_s else math.nan})
     return rows
 
 
-def _time_to(runs: list[dict[str, Any]], target: float) -> float:
-    """Mean over seeds of the wall time (interpolated linearly in iterations) at which the AP history first
-    reaches ``target`` (plain training's final AP), as a fraction of the run's wall time; NaN if never."""
-    fractions = []
-    for r in runs:
-        hit = next((it for it, ap in r["history"] if ap >= target), None)
-        fractions.append(hit / r["iterations"] if hit is not None else math.nan)
-    return float(np.mean(fractions)) if fractions else math.nan
+def _train_s(run: dict[str, Any]) -> float:
+    """Step time of the whole run (evaluations excluded), else its wall time."""
+    return float(run.get("train_s") or run["wall_s"])
+
+
+def _curve(run: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(iterations, training seconds, AP) at the evaluations, starting from (0, 0, 0)."""
+    its = np.array([0] + [h[0] for h in run["history"]], dtype=float)
+    secs = run.get("history_train_s") or [None] * len(run["history"])
+    if any(t is None for t in secs):  # no step times: assume a constant step time
+        secs = [it / run["iterations"] * _train_s(run) for it in its[1:]]
+    return its, np.array([0.0, *secs]), np.array([0.0] + [h[1] for h in run["history"]])
+
+
+def _to_target(run: dict[str, Any], target: float) -> tuple[float, float]:
+    """(fraction of the iterations, training seconds) at which the AP curve, linear between evaluations,
+    first reaches ``target`` (plain training's mean final AP); NaN if it never does."""
+    its, secs, ap = _curve(run)
+    above = np.flatnonzero(ap >= target) if math.isfinite(target) and target > 0 else np.zeros(0, int)
+    if not above.size:
+        return math.nan, math.nan
+    k = int(above[0])
+    frac = (target - ap[k - 1]) / (ap[k] - ap[k - 1]) if k and ap[k] > ap[k - 1] else 1.0
+    it = its[k - 1] + frac * (its[k] - its[k - 1])
+    return it / run["iterations"], secs[k - 1] + frac * (secs[k] - secs[k - 1])
+
+
+def _ap_at(run: dict[str, Any], seconds: float) -> float:
+    """AP at ``seconds`` of training (linear between evaluations; the final AP beyond the run's end)."""
+    _, secs, ap = _curve(run)
+    return float(np.interp(seconds, secs, ap)) if math.isfinite(seconds) else math.nan
 
 
 def write_markdown(path: Path, rows: list[dict[str, Any]], profile: dict[str, Any]) -> None:
     from curation_core.io import atomic_write
 
-    head = ["setting", "variant", "seeds", "AP mean", "AP sd", "AP se", "AP50 mean", "vs plain %", "wall s",
-            "time to plain AP"]
-    lines = [f"Profile `{profile.get('name')}`: {profile}", "", "| " + " | ".join(head) + " |",
+    head = ["setting", "variant", "seeds", "AP mean", "AP sd", "AP se", "AP50 mean", "vs plain %", "train s",
+            "AP at plain's time", "iters to plain AP", "time to plain AP"]
+    lines = [f"Profile `{profile.get('name')}`: {profile}", "",
+             "AP: final val AP over seeds (sd, standard error se). vs plain: relative change of the mean. train s: "
+             "step time (evaluations excluded). AP at plain's time: AP reached after plain training's mean step "
+             "time. iters / time to plain AP: fraction of the iterations, and step time as a multiple of plain's, "
+             "at which the mean AP curve (linear between evaluations) first reaches plain's final AP.", "",
+             "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[h]:.4g}" if isinstance(r[h], float) else str(r[h]) for h in head) + " |")

@@ -8,14 +8,27 @@
     ``--smooth-limit`` images, ``ceil`` the rho of the exact *non-interpolated* AP change against exact
     (the ceiling of any estimator that, like both closed forms, ignores the 101-point recall sampling)
     and ``e~noint`` the rho of empirical against that non-interpolated change.
-    ``--predictions GT.json DT.json`` (repeatable) adds real predictions.
+    ``--predictions GT.json DT.json`` (repeatable) adds real predictions. (The envelope estimator is
+    online only and takes no part in (a).)
 (b) Speed. A global state built from ``--state-dets`` detections (100 per image, 80 categories, 10 IoU
     thresholds, ``synthetic_matches``) scores super-batches of 80 images x 100 detections; medians of
-    repeated runs. pycocotools brute force (``COCOeval`` on D + {x}) is timed on subsets of D and
-    extrapolated linearly in the number of detections (stated as such in the output). Also: scaling with
-    |D| and with detections per image, and the throughput of the leave-one-out CLI computation.
+    repeated runs, per model (one ``detgain`` call); ``index_s`` / ``envelope_index_s`` the one-off
+    cost of the exact / envelope index (rebuilt after every state update). pycocotools brute force
+    (``COCOeval`` on D + {x}) is timed on subsets of D and extrapolated linearly in the number of
+    detections (stated as such in the output). Also: scaling with |D| and with detections per image,
+    and the throughput of the leave-one-out CLI computation.
+
+(c) Online agreement on real predictions (``--online GT.json TEACHER_DT.json STUDENT_DT.json``,
+    repeatable): the setting of curated training. D = ``--window`` random images of the file, each model
+    against its own ``DetGainState`` of them; ``--batches`` random super-batches of 80 other images. Per
+    estimator: mean over super-batches of Spearman's rho and of the top-16-of-80 overlap with exact, for
+    the learnability (``*_learn``) and for the teacher's DetGain alone (``*_teacher``: the estimator's
+    own error, without the cancellation in the difference); ``ms_learn`` the median time of one
+    learnability call (both models, indexes built); ``update_ms`` one state update of 80 images and
+    ``exact_index_ms`` / ``envelope_index_ms`` the index rebuilt after it (per model).
 
     python benchmarks/bench_detgain.py [--quick] [--out benchmarks/results/detgain.json]
+    python benchmarks/bench_detgain.py --online-only --online GT T S [--online GT T2 S2]   # (c) alone
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import sys
 import time
@@ -35,10 +49,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_rows, write_result  # noqa: E402
 
 from curation_core.coco import dataset_from_dict, load_coco, load_detections  # noqa: E402
-from curation_core.detgain import DetGainState, detgain, leave_one_out_detgain  # noqa: E402
+from curation_core.detgain import (  # noqa: E402
+    DetGainState,
+    StateConfig,
+    detgain,
+    learnability,
+    leave_one_out_detgain,
+)
 from curation_core.detgain.records import table_from_matches  # noqa: E402
+from curation_core.detgain.scoring import ONLINE_ESTIMATORS  # noqa: E402
 from curation_core.detgain.synthetic import synthetic_coco, synthetic_matches  # noqa: E402
-from curation_core.matching import match_dataset  # noqa: E402
+from curation_core.matching import DatasetMatches, match_dataset  # noqa: E402
 
 SUPER_BATCH, KEEP = 80, 16
 
@@ -129,6 +150,110 @@ def agreement(sizes: list[int], seeds: list[int], smooth_limit: int, predictions
     return rows
 
 
+def subset_matches(m: DatasetMatches, rows: np.ndarray) -> DatasetMatches:
+    """The images ``rows`` (ascending int64) of ``m``, renumbered, rows still in (category, image, rank) order."""
+    new_row = np.full(m.image_ids.size, -1, dtype=np.int64)
+    new_row[rows] = np.arange(rows.size)
+    keep = np.flatnonzero(new_row[m.det_image] >= 0)
+    return DatasetMatches(
+        image_ids=m.image_ids[rows], category_ids=m.category_ids, iou_thresholds=m.iou_thresholds,
+        det_image=new_row[m.det_image[keep]], det_category=m.det_category[keep], det_score=m.det_score[keep],
+        det_rank=m.det_rank[keep], det_true_positive=m.det_true_positive[keep], det_ignored=m.det_ignored[keep],
+        gt_count=m.gt_count[rows],
+    )
+
+
+def _nanmean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def _batch_agreement(scores: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """(rho, top-16 overlap) of every estimator's scores of one super-batch against exact's."""
+    exact = scores["exact"]
+    idx = np.arange(exact.size)
+    top_x = set(np.lexsort((idx, -exact))[:KEEP].tolist())
+    out = {}
+    for name, est in scores.items():
+        top_e = set(np.lexsort((idx, -est))[:KEEP].tolist())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho = _spearman(est, exact) if np.ptp(est) > 0 and np.ptp(exact) > 0 else float("nan")
+        out[name] = (rho, len(top_e & top_x) / KEEP)
+    return out
+
+
+def online_agreement(name: str, teacher: DatasetMatches, student: DatasetMatches, *, window: int,
+                     batches: int, seed: int) -> list[dict[str, Any]]:
+    """Online setting of training: D = ``window`` random images, super-batches of 80 other images.
+
+    Columns: see the module docstring, (c).
+    """
+    rng = np.random.default_rng(seed)
+    n = teacher.image_ids.size
+    if n < window + SUPER_BATCH:
+        raise ValueError(f"online_agreement() expects at least window + {SUPER_BATCH} = {window + SUPER_BATCH} "
+                         f"images; got {n}.")
+    perm = rng.permutation(n)
+    d_rows, pool = np.sort(perm[:window]), perm[window:]
+    config = StateConfig(window=window)
+    states = {role: DetGainState.from_matches(subset_matches(m, d_rows), config=config)
+              for role, m in (("teacher", teacher), ("student", student))}
+    for state in states.values():  # the indexes are built once per update, outside the timed scoring
+        state.exact_index()
+        state.envelope_index()
+    agree: dict[str, dict[str, list[tuple[float, float]]]] = {"learn": {}, "teacher": {}}
+    times: dict[str, list[float]] = {e: [] for e in ONLINE_ESTIMATORS}
+    for _ in range(batches):
+        rows = np.sort(rng.choice(pool, SUPER_BATCH, replace=False))
+        bt, bs = subset_matches(teacher, rows), subset_matches(student, rows)
+        learn, single = {}, {}
+        for estimator in ONLINE_ESTIMATORS:
+            start = time.perf_counter()
+            scores = learnability(states["teacher"], states["student"], bt, bs, estimator=estimator)
+            times[estimator].append(time.perf_counter() - start)
+            learn[estimator], single[estimator] = scores.learnability, scores.delta_teacher
+        for key, scores_of in (("learn", learn), ("teacher", single)):
+            for estimator, pair in _batch_agreement(scores_of).items():
+                agree[key].setdefault(estimator, []).append(pair)
+    update = _update_cost(teacher, d_rows, pool, config, rng)
+    rows_out = []
+    for estimator in ONLINE_ESTIMATORS:
+        learn_pairs, single_pairs = np.array(agree["learn"][estimator]), np.array(agree["teacher"][estimator])
+        rows_out.append({
+            "set": name, "estimator": estimator, "D_imgs": window,
+            "D_dets": states["teacher"].num_detections, "batches": batches,
+            "rho_learn": _nanmean(learn_pairs[:, 0]), "top16_learn": float(learn_pairs[:, 1].mean()),
+            "rho_teacher": _nanmean(single_pairs[:, 0]), "top16_teacher": float(single_pairs[:, 1].mean()),
+            "ms_learn": 1000.0 * float(np.median(times[estimator])), **update,
+        })
+    return rows_out
+
+
+def _update_cost(m: DatasetMatches, d_rows: np.ndarray, pool: np.ndarray, config: StateConfig,
+                 rng: np.random.Generator, updates: int = 10) -> dict[str, float]:
+    """Median ms of ``update`` with 80 new images (the window slides) and of rebuilding each index after it."""
+    state = DetGainState.from_matches(subset_matches(m, d_rows), config=config)
+    times: dict[str, list[float]] = {"update_ms": [], "exact_index_ms": [], "envelope_index_ms": []}
+    for _ in range(updates):
+        batch = subset_matches(m, np.sort(rng.choice(pool, SUPER_BATCH, replace=False)))
+        for key, fn in (("update_ms", lambda b=batch: state.update(b)), ("exact_index_ms", state.exact_index),
+                        ("envelope_index_ms", state.envelope_index)):
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return {key: 1000.0 * float(np.median(values)) for key, values in times.items()}
+
+
+def online(triples: list[list[str]], window: int, batches: int) -> list[dict[str, Any]]:
+    rows = []
+    for gt_path, teacher_path, student_path in triples:
+        gt = load_coco(gt_path)
+        teacher = match_dataset(gt, load_detections(teacher_path, gt))
+        student = match_dataset(gt, load_detections(student_path, gt))
+        rows += online_agreement(f"{Path(teacher_path).stem}-{Path(student_path).stem}", teacher, student,
+                                 window=window, batches=batches, seed=0)
+    return rows
+
+
 def _median_ms(fn: Any, repeats: int) -> float:
     fn()
     times = []
@@ -154,10 +279,14 @@ def speed(state_sizes: list[int], per_image: list[int], repeats: int) -> list[di
         start = time.perf_counter()
         state.exact_index()
         t_index = time.perf_counter() - start
+        start = time.perf_counter()
+        state.envelope_index()
+        t_envelope = time.perf_counter() - start
         rows.append({
-            "D_dets": n_dets, "per_img": 100, "build_s": t_build, "index_s": t_index,
+            "D_dets": n_dets, "per_img": 100, "build_s": t_build, "index_s": t_index, "envelope_index_s": t_envelope,
             "uniform_ms": _median_ms(lambda s=state: detgain(s, batch, estimator="uniform"), repeats),
             "empirical_ms": _median_ms(lambda s=state: detgain(s, batch, estimator="empirical"), repeats),
+            "envelope_ms": _median_ms(lambda s=state: detgain(s, batch, estimator="envelope"), repeats),
             "exact_ms": _median_ms(lambda s=state: detgain(s, batch, estimator="exact"), max(3, repeats // 10)),
         })
     for k in per_image:
@@ -166,8 +295,10 @@ def speed(state_sizes: list[int], per_image: list[int], repeats: int) -> list[di
         b = synthetic_matches(2, n_images=SUPER_BATCH, n_categories=80, dets_per_image=k, first_image_id=10**7)
         rows.append({
             "D_dets": state_sizes[-1], "per_img": k, "build_s": float("nan"), "index_s": float("nan"),
+            "envelope_index_s": float("nan"),
             "uniform_ms": _median_ms(lambda b=b: detgain(state, b, estimator="uniform"), repeats),
             "empirical_ms": _median_ms(lambda b=b: detgain(state, b, estimator="empirical"), repeats),
+            "envelope_ms": _median_ms(lambda b=b: detgain(state, b, estimator="envelope"), repeats),
             "exact_ms": _median_ms(lambda b=b: detgain(state, b, estimator="exact"), max(3, repeats // 10)),
         })
     return rows
@@ -224,7 +355,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smooth-limit", type=int, default=3000, help="largest set for the non-interpolated ceiling")
     parser.add_argument("--predictions", nargs=2, action="append", default=[], metavar=("GT", "DT"),
                         help="also measure agreement on these real predictions (repeatable)")
+    parser.add_argument("--online", nargs=3, action="append", default=[], metavar=("GT", "TEACHER_DT", "STUDENT_DT"),
+                        help="online agreement on these real predictions of both models (repeatable)")
+    parser.add_argument("--window", type=int, default=2000, help="images of D in the online setting")
+    parser.add_argument("--batches", type=int, default=50, help="super-batches of 80 in the online setting")
+    parser.add_argument("--online-only", action="store_true",
+                        help="run only the online section; replace its rows in --out, keep the other sections")
     args = parser.parse_args(argv)
+    online_rows = online(args.online, args.window, args.batches)
+    if online_rows:
+        print_rows(f"(c) online: D = {args.window} images, {args.batches} super-batches of {SUPER_BATCH}, top {KEEP}",
+                   online_rows)
+    if args.online_only:
+        _replace_online(args.out, online_rows, args.online)
+        return
     if args.quick:
         sizes, seeds, states, per_image, brute, loo_n, repeats = [200], [0], [100_000], [100], [50, 100], 500, 20
     else:
@@ -259,7 +403,18 @@ def main(argv: list[str] | None = None) -> None:
     print_rows("leave-one-out over a whole file (what `detcurate score` computes), seconds", [loo])
     write_result(args.out, "detgain", agree, speed=speed_rows, brute_force=brute_rows, summary=summary,
                  leave_one_out=loo, load_average_before=load_before, load_average_after=os.getloadavg(),
-                 real_predictions="none given" if not args.predictions else [p[1] for p in args.predictions])
+                 real_predictions="none given" if not args.predictions else [p[1] for p in args.predictions],
+                 online=online_rows, online_predictions=args.online)
+
+
+def _replace_online(path: str, rows: list[dict[str, Any]], triples: list[list[str]]) -> None:
+    """Rewrite the online section of an existing result file (or write a file with only that section)."""
+    from curation_core.io import write_json_atomic
+
+    payload = json.loads(Path(path).read_text()) if Path(path).exists() else {"benchmark": "detgain", "rows": []}
+    payload.update(online=rows, online_predictions=triples, online_time=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                   online_load_average=os.getloadavg())
+    write_json_atomic(path, payload, indent=2)
 
 
 if __name__ == "__main__":

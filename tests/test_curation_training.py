@@ -173,7 +173,7 @@ def test_bad_curation_configs_are_one_line_errors(tmp_path: Path, teachers: dict
         ({"method": "detgain"}, r"curation: method 'detgain' needs a teacher"),
         ({"method": "loss", "super_batch": 1}, r"curation\.super_batch \(1\) must be >= train\.batch_size"),
         ({"method": "detgain", "teacher": "t.pt", "estimator": "exact", "decay": 0.9}, r"exact' needs equal image weights"),
-        ({"estimator": "median"}, r"curation\.estimator: invalid value 'median'; valid choices: exact, uniform, empirical"),
+        ({"estimator": "median"}, r"curation\.estimator: invalid value 'median'; valid choices: exact, uniform, empirical, envelope"),
         ({"rule": "best"}, r"curation\.rule: invalid value 'best'; valid choices: top, sample"),
     ]
     for section, message in cases:

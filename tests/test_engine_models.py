@@ -137,3 +137,27 @@ def test_faster_rcnn_pools_with_fixed_scales() -> None:
     model([torch.rand(3, 40, 40)], [{"boxes": torch.tensor([[2.0, 2.0, 20.0, 20.0]]), "labels": torch.tensor([1])}])
     assert pool.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32]
     assert (pool.map_levels.k_min, pool.map_levels.k_max) == (2, 5)
+
+
+def test_the_nano_fcos_head_detects_in_a_single_image_as_in_a_batch() -> None:
+    """GroupNorm(32) on nano's 32-channel FPN holds one value per group at 1 x 1: torch refuses a batch of one."""
+    import torch
+
+    from curation_core.engine.config import ModelConfig
+    from curation_core.engine.models import SingleValueGroupNorm, build_detector
+
+    torch.manual_seed(0)
+    model = build_detector(ModelConfig(detector="fcos", backbone="nano", min_size=128, max_size=128),
+                           num_categories=3).eval()
+    assert any(isinstance(m, SingleValueGroupNorm) for m in model.head.modules())
+    images = [torch.rand(3, 128, 128), torch.rand(3, 128, 128)]
+    with torch.no_grad():
+        alone, batch = model(images[:1])[0], model(images)[0]
+    torch.testing.assert_close(alone["scores"], batch["scores"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(alone["boxes"], batch["boxes"], atol=1e-4, rtol=0)
+    norm = SingleValueGroupNorm(4, 4)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(1, 4, 1, 1)
+    torch.testing.assert_close(norm(x), norm.bias.view(1, 4, 1, 1).expand_as(x))  # (x - mean) = 0 -> bias
+    y = torch.randn(2, 4, 3, 3)
+    torch.testing.assert_close(norm(y), torch.nn.functional.group_norm(y, 4, norm.weight, norm.bias, norm.eps))

@@ -1,4 +1,4 @@
-"""DetGain and learnability scores of images: one entry point over the three estimators.
+"""DetGain and learnability scores of images: one entry point over the estimators.
 
 Sun et al., arXiv 2511.14197: the DetGain of image x for model f on the set D is
 ``delta(x; f, D) = mAP(f; D + {x}) - mAP(f; D)``, and the learnability of x is
@@ -11,6 +11,8 @@ Estimators (``estimator=``):
 - ``"uniform"``: the paper's closed form under a uniform score prior (``uniform``).
 - ``"empirical"``: the same first-order change read from D's actual score histograms, with the change of
   the ground-truth count (``empirical``).
+- ``"envelope"`` (online only, ``ONLINE_ESTIMATORS``): pycocotools' 101-point AP change read at the
+  sampled recalls from D's precision envelope (``envelope``).
 
 Two settings: *online* (``detgain``, ``learnability``): new images scored against a ``DetGainState``
 holding D; *leave-one-out* (``leave_one_out_detgain``, ``leave_one_out_learnability``): every image of
@@ -32,20 +34,23 @@ from curation_core.detgain.empirical import (
     empirical_tables,
     histogram_counts,
 )
+from curation_core.detgain.envelope import envelope_gains
 from curation_core.detgain.exact import exact_insert_gains, exact_leave_one_out
 from curation_core.detgain.records import DetectionTable, select_images, table_from_matches
 from curation_core.detgain.state import DetGainState
 from curation_core.detgain.uniform import uniform_gains
 
-#: Valid values of ``estimator=``.
+#: Valid values of ``estimator=`` in both settings.
 ESTIMATORS: tuple[str, ...] = ("exact", "uniform", "empirical")
+#: Valid values of ``estimator=`` online (``detgain``, ``learnability``).
+ONLINE_ESTIMATORS: tuple[str, ...] = (*ESTIMATORS, "envelope")
 #: Detections per chunk when the uniform / empirical estimators score a large set (bounds memory).
 CHUNK_DETECTIONS = 1 << 17
 
 
-def _check_estimator(fn: str, estimator: str) -> None:
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"{fn}(estimator=) expects one of {', '.join(map(repr, ESTIMATORS))}; got {estimator!r}.")
+def _check_estimator(fn: str, estimator: str, valid: tuple[str, ...] = ESTIMATORS) -> None:
+    if estimator not in valid:
+        raise ValueError(f"{fn}(estimator=) expects one of {', '.join(map(repr, valid))}; got {estimator!r}.")
 
 
 def _image_chunks(table: DetectionTable) -> Iterator[tuple[slice, DetectionTable]]:
@@ -67,20 +72,22 @@ def detgain(state: DetGainState, matches: Any, *, estimator: str = "exact") -> n
     ----------
     state : statistics of the model's predictions on D.
     matches : ``DatasetMatches`` of the same model on the new images (same IoU thresholds as ``state``).
-    estimator : ``"exact"``, ``"uniform"`` or ``"empirical"``.
+    estimator : ``"exact"``, ``"uniform"``, ``"empirical"`` or ``"envelope"``.
 
     Returns
     -------
     (N,) float64 in ``matches.image_ids`` order: ``mAP(D + {x}) - mAP(D)``; higher = x raises mAP more.
     Categories absent from D count as without ground truth there (x may bring their first boxes).
     """
-    _check_estimator("detgain", estimator)
+    _check_estimator("detgain", estimator, ONLINE_ESTIMATORS)
     batch = table_from_matches(matches, fn="detgain")
     if not np.array_equal(batch.iou_thresholds, state.iou_thresholds):
         raise ValueError(f"detgain(matches=) expects the state's IoU thresholds {state.iou_thresholds.tolist()}; "
                          f"got {batch.iou_thresholds.tolist()}.")
     if estimator == "exact":
         return exact_insert_gains(state.exact_index(), batch)
+    if estimator == "envelope":
+        return envelope_gains(state.envelope_index(), batch)
     out = np.empty(batch.num_images)
     for rows, part in _image_chunks(batch):
         if estimator == "uniform":

@@ -235,7 +235,8 @@ class CurationConfig(_Section):
 
     method: CurationMethod = Field("none", description="selection method (none: plain training)")
     super_batch: Int = Field(80, ge=1, description="images scored per selection (B)")
-    estimator: Literal["exact", "uniform", "empirical"] = Field("empirical", description="DetGain estimator")
+    estimator: Literal["exact", "uniform", "empirical", "envelope"] = Field(
+        "empirical", description="DetGain estimator (envelope: the 101-point interpolation, online only)")
     rule: Literal["top", "sample"] = Field("top", description="top: the b best; sample: softmax(score / temperature)")
     temperature: Float = Field(1.0, gt=0.0, description="rule=sample: softmax temperature in score units")
     normalize_scores: Bool = Field(False, description="rule=sample: z-score the B scores before the softmax")
@@ -257,8 +258,8 @@ class CurationConfig(_Section):
         if self.teacher_cache and self.method not in ("detgain", "image_ap"):
             raise ValueError(f"teacher_cache applies to the teacher's detections (methods detgain, image_ap); "
                              f"method {self.method!r} uses none")
-        if self.estimator == "exact" and self.decay is not None:
-            raise ValueError("estimator 'exact' needs equal image weights: set decay to null (use window)")
+        if self.estimator in ("exact", "envelope") and self.decay is not None:
+            raise ValueError(f"estimator {self.estimator!r} needs equal image weights: set decay to null (use window)")
         return self
 
 

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -71,6 +71,36 @@ HEAD_GROUPS = 16
 #: Conv layers per tower (classification, regression) of torchvision's one-stage heads. At 128 px on
 #: the CPU backbones the towers cost more than the backbone; ``model.head_convs`` can shorten them.
 HEAD_CONVS = 4
+
+
+class SingleValueGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that also accepts a group holding a single value.
+
+    torchvision's FCOS head normalises with ``GroupNorm(32)``; on a 32-channel FPN that is one channel per
+    group, and at the coarsest level of a small image (1 x 1 at 128 px) one value per group: torch then
+    refuses a batch of one image ("Expected more than 1 value per channel"), although the result is
+    defined: ``(x - mean) / sqrt(var + eps)`` is 0, so the output is ``bias``. This layer returns exactly
+    that in that case and is ``nn.GroupNorm`` otherwise (same parameters, same state dict).
+    """
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.Module's name
+        per_group = input.shape[0] * (input.shape[1] // self.num_groups) * math.prod(input.shape[2:])
+        if per_group == 1:
+            out = input * 0.0
+            return out + self.bias.view(1, -1, *([1] * (input.dim() - 2))) if self.affine else out
+        return super().forward(input)
+
+
+def _single_value_group_norms(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.GroupNorm`` under ``module`` by ``SingleValueGroupNorm`` (weights kept)."""
+    for name, child in module.named_children():
+        if type(child) is nn.GroupNorm:
+            safe = SingleValueGroupNorm(child.num_groups, child.num_channels, eps=child.eps, affine=child.affine)
+            safe.load_state_dict(child.state_dict())
+            setattr(module, name, safe)
+        else:
+            _single_value_group_norms(child)
+    return module
 
 
 class TrainResizeTransform(GeneralizedRCNNTransform):
@@ -145,7 +175,8 @@ def _build_fcos(config: ModelConfig, num_categories: int) -> nn.Module:
     backbone = _backbone(config)
     strides = LEVEL_STRIDES[fpn_levels(config)]
     anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
-    head = FCOSHead(backbone.out_channels, 1, num_categories, num_convs=config.head_convs or HEAD_CONVS)
+    head = _single_value_group_norms(FCOSHead(backbone.out_channels, 1, num_categories,
+                                              num_convs=config.head_convs or HEAD_CONVS))
     return ForegroundFCOS(backbone, num_categories, anchor_generator=anchors, head=head,
                           score_thresh=config.score_thresh, detections_per_img=config.detections_per_img,
                           **_sizes(config))
