@@ -38,6 +38,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "detgain B=80 every 2": ("strong", {"method": "detgain", "super_batch": 80, "score_every": 2}),
     "detgain B=80 every 4": ("strong", {"method": "detgain", "super_batch": 80, "score_every": 4}),
     "detgain B=48 every 3": ("strong", {"method": "detgain", "super_batch": 48, "score_every": 3}),
+    "detgain B=48 teacher cache": ("strong", {"method": "detgain", "super_batch": 48, "teacher_cache": True}),
+    "detgain B=32 flips": ("standard", {"method": "detgain", "super_batch": 32}),
+    "detgain B=32 flips teacher cache": ("standard", {"method": "detgain", "super_batch": 32, "teacher_cache": True}),
+    "uniform B=32 flips": ("standard", {"method": "uniform", "super_batch": 32}),
     "loss_learnability B=80": ("strong", {"method": "loss_learnability", "super_batch": 80}),
     "loss B=80": ("strong", {"method": "loss", "super_batch": 80}),
 }

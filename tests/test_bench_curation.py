@@ -90,3 +90,24 @@ def test_bench_curation_cost_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     detgain = rows[2]
     assert detgain["teacher_share"] > 0 and detgain["student_share"] > 0 and detgain["scored_img_s"] > 0
     assert sum(detgain[f"{p}_share"] for p in bench_curation_cost.PARTS) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_bench_engine_parity_quick_runs_both_loops_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    data = tmp_path / "synth"
+    subprocess.run([str(Path(sys.executable).parent / "detcurate"), "data", "synth", "--out", str(data), "--train", "12",
+                    "--val", "4", "--size", "64", "--seed", "0"], check=True, capture_output=True)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("bench_engine_parity", None)
+    import bench_engine_parity
+
+    out = tmp_path / "parity.json"
+    bench_engine_parity.main(["--quick", "--data", str(data), "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["loop"] for r in rows} >= {"engine", "plain"}
+    for row in rows:
+        assert row["history"] and all(0.0 <= h["AP"] <= 1.0 for h in row["history"])
+    before = out.read_text()
+    bench_engine_parity.main(["--quick", "--data", str(data), "--out", str(out)])  # finished runs are not redone
+    assert json.loads(out.read_text())["rows"] == json.loads(before)["rows"]
