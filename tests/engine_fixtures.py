@@ -89,3 +89,20 @@ def tiny_training(tmp_path: Path, *, hooks=(), max_iter: int = 3, **options: Any
 
     config = config_from_dict(tiny_config_dict(tmp_path, max_iter=max_iter, **options))
     return train(config, hooks=hooks), config
+
+
+def with_sections(raw: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with the fields of ``sections`` merged into its sections (a new dict; ``raw`` is kept)."""
+    return {**raw, **{name: {**raw.get(name, {}), **values} for name, values in sections.items()}}
+
+
+def stop_at(iteration: int):  # noqa: ANN201
+    """A hook that asks the trainer to stop (checkpoint, then ``TrainingInterrupted``) after ``iteration``."""
+    from curation_core.engine.hooks import Hook
+
+    class StopAt(Hook):
+        def after_step(self) -> None:
+            if self.trainer.iter == iteration:
+                self.trainer.request_stop()
+
+    return StopAt()

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from engine_fixtures import tiny_config_dict
+from engine_fixtures import stop_at, tiny_config_dict, with_sections
 
 from components.train import train_config
 from curation_core.engine.checkpoint import load_checkpoint
@@ -18,18 +18,8 @@ from curation_core.engine.hooks import Hook
 from curation_core.engine.trainer import TrainingInterrupted, train
 from curation_core.errors import CheckpointError, ConfigError
 
-
-def _with(raw: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
-    return {**raw, **{name: {**raw.get(name, {}), **values} for name, values in sections.items()}}
-
-
-class StopAt(Hook):
-    def __init__(self, iteration: int) -> None:
-        self.iteration = iteration
-
-    def after_step(self) -> None:
-        if self.trainer.iter == self.iteration:
-            self.trainer.request_stop()
+_with = with_sections
+StopAt = stop_at
 
 
 class Batches(Hook):

@@ -56,3 +56,23 @@ def image_map_changes(
         same = count_change == 0
         out = np.where(same & (count > 0), sum_change / np.maximum(count, 1), new_map - base_map)
     return out
+
+
+class APSummary:
+    """Mixin of the exact and envelope indexes: D's AP from their ``ap`` (K, T) array."""
+
+    ap: np.ndarray
+
+    @property
+    def num_thresholds(self) -> int:
+        return int(self.ap.shape[1])
+
+    @property
+    def category_ap(self) -> np.ndarray:
+        """(K,) float64, AP averaged over IoU thresholds; NaN for a category without ground truth."""
+        return self.ap.mean(axis=1)
+
+    @property
+    def mean_ap(self) -> float:
+        """pycocotools' ``stats[0]`` of D (0 instead of -1 when D has no ground truth)."""
+        return mean_ap(self.category_ap)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation_core.detgain.aggregate import image_map_changes, mean_ap
+from curation_core.detgain.aggregate import APSummary, image_map_changes
 from curation_core.detgain.interpolation import (
     first_reaching_rank,
     offsets_of,
@@ -54,7 +54,7 @@ EXACT_MOVE = 4.0
 
 
 @dataclass(frozen=True)
-class EnvelopeIndex:
+class EnvelopeIndex(APSummary):
     """Category order and per-(threshold, category) envelope of D's true positives (``build_envelope_index``).
 
     Pairs are threshold-major: pair ``t * (K + 1) + c``; category index K is empty (categories unknown to
@@ -94,20 +94,6 @@ class EnvelopeIndex:
     env_size: np.ndarray
     num_gt: np.ndarray
     ap: np.ndarray
-
-    @property
-    def num_thresholds(self) -> int:
-        return int(self.ap.shape[1])
-
-    @property
-    def category_ap(self) -> np.ndarray:
-        """(K,) float64 AP averaged over thresholds; NaN for a category without ground truth."""
-        return self.ap.mean(axis=1)
-
-    @property
-    def mean_ap(self) -> float:
-        """pycocotools' ``stats[0]`` of D (0 when D has no ground truth)."""
-        return mean_ap(self.category_ap)
 
 
 def build_envelope_index(table: DetectionTable) -> EnvelopeIndex:

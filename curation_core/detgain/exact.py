@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation_core.detgain.aggregate import image_map_changes, mean_ap
+from curation_core.detgain.aggregate import APSummary, image_map_changes
 from curation_core.detgain.interpolation import (
     RangeMax,
     offsets_of,
@@ -44,7 +44,7 @@ CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
-class ExactIndex:
+class ExactIndex(APSummary):
     """Per-category order and per-(category, threshold) true-positive sequences of a set D.
 
     Category index ``K`` (one past the vocabulary) is an empty category: images bringing a category
@@ -81,20 +81,6 @@ class ExactIndex:
     tp_range_max: RangeMax
     num_gt: np.ndarray
     ap: np.ndarray
-
-    @property
-    def num_thresholds(self) -> int:
-        return int(self.cum_tp.shape[1])
-
-    @property
-    def category_ap(self) -> np.ndarray:
-        """(K,) float64, AP averaged over IoU thresholds; NaN for a category without ground truth."""
-        return self.ap.mean(axis=1)
-
-    @property
-    def mean_ap(self) -> float:
-        """pycocotools' ``stats[0]`` of D (0 instead of -1 when D has no ground truth)."""
-        return mean_ap(self.category_ap)
 
     def cum_row(self, category: np.ndarray, position: np.ndarray) -> np.ndarray:
         """Row of ``cum_tp`` / ``cum_fp`` for (category index, position in its order)."""
