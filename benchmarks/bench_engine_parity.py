@@ -285,7 +285,13 @@ def plain_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
 
 def _endless(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
     while True:
-        yield from loader
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:  # e.g. fewer training images than one batch with drop_last: never loop on nothing
+            raise ValueError(f"plain loop: the training loader yields no batch (batch size "
+                             f"{loader.batch_size}, {len(loader.dataset)} images).")
 
 
 def check_plain_supports(config: TrainConfig) -> None:

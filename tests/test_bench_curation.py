@@ -96,7 +96,7 @@ def test_bench_engine_parity_quick_runs_both_loops_and_resumes(tmp_path: Path, m
     import subprocess
 
     data = tmp_path / "synth"
-    subprocess.run([str(Path(sys.executable).parent / "detcurate"), "data", "synth", "--out", str(data), "--train", "12",
+    subprocess.run([str(Path(sys.executable).parent / "detcurate"), "data", "synth", "--out", str(data), "--train", "40",
                     "--val", "4", "--size", "64", "--seed", "0"], check=True, capture_output=True)
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     sys.modules.pop("bench_engine_parity", None)
