@@ -97,7 +97,7 @@ def test_deps_params_and_outs_are_exact(stages):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for name, spec in raw["stages"].items():
         body = spec.get("do", spec)
-        used = {ref.split(".")[0] for ref in re.findall(r"\$\{([\w.]+)\}", body["cmd"])} - {"item"}
+        used = {ref.split(".")[0] for ref in re.findall(r"\$\{([\w.]+)\}", body["cmd"])} - {"item", "key"}
         assert used == set(body.get("params", [])), f"{name}: params used in cmd vs declared"
         assert used <= set(params), name
     for name in TRAININGS:
