@@ -41,8 +41,7 @@ def _dvc_executable() -> str:
 @click.command("demo")
 @click.option("--force", is_flag=True, help="Re-run every stage even if nothing changed (dvc repro --force).")
 def demo_cmd(force: bool) -> None:
-    """Run the demo pipeline: synthetic data, a teacher, a plain and a DetGain-curated student, evaluation,
-    registration.
+    """Run the demo pipeline: synthetic data, a teacher, a plain and a curated student, evaluation, registry.
 
     Runs `dvc repro` in the project folder: only stages whose code, data or params changed run again.
     Then prints the COCO statistics of the teacher and of both students side by side, and the figure of
