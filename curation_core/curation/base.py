@@ -12,6 +12,7 @@ share against the same state and every rank then applies the same update from th
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,7 +79,7 @@ class ScoredBatch:
             object.__setattr__(self, "total", int(self.keys.size))
 
 
-class Selector:
+class Selector(abc.ABC):
     """One selection method. Subclasses set ``name`` and ``needs`` and implement ``score``.
 
     ``score`` returns ``(scores, payload)``: (n,) float64 finite scores (higher = more useful) and
@@ -89,18 +90,21 @@ class Selector:
     name: str = ""
     needs: Needs = Needs()
 
+    @abc.abstractmethod
     def score(self, batch: ScoredBatch) -> tuple[np.ndarray, Any]:
-        raise NotImplementedError
+        """(n,) scores of the share and the payload for ``update`` (see the class docstring)."""
 
     def update(self, payloads: Sequence[Any]) -> None:
         """Fold the scored super-batch into the running state (default: stateless, nothing to do)."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """Plain types and tensors only (stored in ``checkpoint.pt``, loaded with ``weights_only``)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned."""
+        """Restore what ``state_dict`` returned (default: stateless, nothing to restore)."""
+        return None
 
 
 def finite_scores(name: str, scores: np.ndarray) -> np.ndarray:
