@@ -7,11 +7,13 @@ from typing import get_args
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from curation_core.engine.config import (
     BackboneName,
     DetectorName,
     TrainConfig,
+    _section_type,
     config_from_dict,
     load_config,
     save_config,
@@ -57,8 +59,13 @@ def test_flat_params_are_dotted_scalars(config_file: Path) -> None:
     assert params["optim.lr"] == 0.01 and params["model.detector"] == "fcos"
     assert params["augment.scale_range"] == "1.0,1.0" and params["data.val_images"] == "none"
     assert all(isinstance(v, str | int | float | bool) for v in params.values())
-    assert len(params) == sum(len(section.model_fields) for section in
-                              (type(getattr(load_config(config_file), name)) for name in TrainConfig.model_fields))
+    assert params["model.loss"] == "focal" and params["model.brl.t"] == 0.5  # nested sections: dotted leaves
+
+    def leaves(section: type[BaseModel]) -> int:
+        return sum(leaves(sub) if (sub := _section_type(field.annotation)) is not None else 1
+                   for field in section.model_fields.values())
+
+    assert len(params) == leaves(TrainConfig)
 
 
 def test_save_then_load_round_trips(config_file: Path, tmp_path: Path) -> None:
@@ -108,6 +115,52 @@ def test_invalid_values_name_the_field(config_file: Path, overrides: list[str], 
 def test_bad_overrides_are_rejected(config_file: Path, overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(config_file, overrides)
+
+
+def test_one_stage_loss_fields(config_file: Path, tmp_path: Path) -> None:
+    config = load_config(config_file, ["model.detector=retinanet", "model.loss=brl", "model.brl.t=0.3",
+                                       "model.unverified_weight=0.25"])
+    assert config.model.loss == "brl" and config.model.brl.t == 0.3 and config.model.brl.weight == 0.1
+    assert config.model.unverified_weight == 0.25
+    save_config(config, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == config
+    assert load_config(config_file).model.loss == "focal"  # left out: the one-stage default
+    faster = load_config(config_file, ["model.detector=faster_rcnn"])
+    assert faster.model.loss is None and faster.model.brl.t == 0.5
+    save_config(faster, tmp_path / "faster.yaml")
+    assert load_config(tmp_path / "faster.yaml") == faster
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.loss=ce"], r"model\.loss: invalid value 'ce'; valid choices: focal, brl$"),
+    (["model.detector=faster_rcnn", "model.loss=focal"],
+     r"model: loss applies to the one-stage detectors \(fcos, retinanet\); faster_rcnn takes null; got 'focal'$"),
+    (["model.loss=brl"], r"model: loss 'brl' splits anchors by IoU and applies to retinanet only; got detector fcos$"),
+    (["model.detector=retinanet", "model.brl.t=0.2"],
+     r"model: brl applies to loss 'brl' only; set loss: brl or leave brl at its defaults$"),
+    (["model.detector=retinanet", "model.loss=brl", "model.brl.neg_iou=0.6"],
+     r"model\.brl: IoU thresholds must satisfy confusion_iou <= neg_iou <= pos_iou; got 0\.1, 0\.6, 0\.5$"),
+    (["model.detector=retinanet", "model.loss=brl", "model.brl.t=1.5"],
+     r"model\.brl\.t: Input should be less than or equal to 1; got 1\.5$"),
+    (["model.detector=retinanet", "model.loss=brl", "model.brl.weight=-1"],
+     r"model\.brl\.weight: Input should be greater than or equal to 0; got -1$"),
+    (["model.detector=retinanet", "model.loss=brl", "model.brl.tt=1"],
+     r"--set model\.brl\.tt: unknown field 'tt' in model\.brl; valid fields: t, weight, pos_iou, neg_iou, confusion_iou$"),
+    (["model.unverified_weight=2"], r"model\.unverified_weight: Input should be less than or equal to 1; got 2$"),
+    (["model.detector=faster_rcnn", "model.unverified_weight=0.3"],
+     r"model: unverified_weight applies to fcos, retinanet; faster_rcnn does not read it \(leave it at 0\.5\)$"),
+])
+def test_one_stage_loss_errors(config_file: Path, overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(config_file, overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_field_in_the_brl_section_lists_the_valid_ones(tmp_path: Path) -> None:
+    raw = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    raw["model"].update({"detector": "retinanet", "loss": "brl", "brl": {"thresh": 0.5}})
+    with pytest.raises(ConfigError, match=r"model\.brl\.thresh: unknown field; valid fields: t, weight, pos_iou"):
+        config_from_dict(raw)
 
 
 def test_missing_and_unknown_fields_in_the_file(tmp_path: Path) -> None:

@@ -44,6 +44,37 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: Valid ``model.loss`` values: the classification loss of the one-stage detectors.
+LossName = Literal["focal", "brl"]
+ONE_STAGE_DETECTORS = ("fcos", "retinanet")
+#: Default loss weight of anchors assigned to boxes flagged ``unverified`` (dampened loss).
+UNVERIFIED_WEIGHT = 0.5
+
+
+class BRLConfig(_Section):
+    """Background Recalibration Loss (``model.loss: brl``; ``curation_core.losses.brl``, arXiv 2002.05274).
+
+    Anchors are split by their largest IoU with the annotated boxes (ignored ones included): positives
+    ``>= pos_iou`` (and each box's best anchors, as RetinaNet does), ignored in ``[neg_iou, pos_iou)``,
+    negatives in ``[confusion_iou, neg_iou)`` and confusion anchors below ``confusion_iou``. On confusion
+    anchors a foreground probability above ``1 - t`` takes the mirrored positive branch of the focal
+    loss, and their whole loss is scaled by ``weight``. ``t: 0`` with ``weight: 1`` is the focal loss.
+    """
+
+    t: Float = Field(0.5, ge=0.0, le=1.0, description="confusion anchors: scores above 1 - t take the mirrored branch")
+    weight: Float = Field(0.1, ge=0.0, description="weight of the confusion anchors' loss (0.1: the paper's best)")
+    pos_iou: Float = Field(0.5, gt=0.0, le=1.0, description="anchors with IoU >= pos_iou are positives")
+    neg_iou: Float = Field(0.4, gt=0.0, le=1.0, description="anchors with IoU in [neg_iou, pos_iou) are ignored")
+    confusion_iou: Float = Field(0.1, ge=0.0, le=1.0, description="anchors with IoU < confusion_iou are confusion anchors")
+
+    @model_validator(mode="after")
+    def _check(self) -> BRLConfig:
+        if not self.confusion_iou <= self.neg_iou <= self.pos_iou:
+            raise ValueError(f"IoU thresholds must satisfy confusion_iou <= neg_iou <= pos_iou; got "
+                             f"{self.confusion_iou}, {self.neg_iou}, {self.pos_iou}")
+        return self
+
+
 class ModelConfig(_Section):
     """Detector architecture and input resolution.
 
@@ -69,9 +100,34 @@ class ModelConfig(_Section):
     )
     score_thresh: Float = Field(0.05, ge=0.0, le=1.0, description="detections scoring below are dropped")
     detections_per_img: Int = Field(100, ge=1, description="most detections kept per image")
+    loss: LossName | None = Field(
+        None, description="fcos/retinanet classification loss: focal or brl (retinanet; left out: focal); faster_rcnn: null"
+    )
+    brl: BRLConfig = Field(BRLConfig(), description="loss brl: thresholds and weight (see BRLConfig)")
+    unverified_weight: Float = Field(
+        UNVERIFIED_WEIGHT, ge=0.0, le=1.0,
+        description="fcos/retinanet: loss weight of anchors assigned to boxes flagged unverified",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_loss(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("detector") in ONE_STAGE_DETECTORS and "loss" not in data:
+            return {**data, "loss": "focal"}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
+        if self.detector not in ONE_STAGE_DETECTORS and self.loss is not None:
+            raise ValueError(f"loss applies to the one-stage detectors ({', '.join(ONE_STAGE_DETECTORS)}); "
+                             f"{self.detector} takes null; got {self.loss!r}")
+        if self.loss == "brl" and self.detector != "retinanet":
+            raise ValueError(f"loss 'brl' splits anchors by IoU and applies to retinanet only; got detector {self.detector}")
+        if self.loss != "brl" and self.brl != BRLConfig():
+            raise ValueError("brl applies to loss 'brl' only; set loss: brl or leave brl at its defaults")
+        if self.detector not in ONE_STAGE_DETECTORS and self.unverified_weight != UNVERIFIED_WEIGHT:
+            raise ValueError(f"unverified_weight applies to {', '.join(ONE_STAGE_DETECTORS)}; {self.detector} does "
+                             f"not read it (leave it at {UNVERIFIED_WEIGHT})")
         if self.max_size < self.min_size:
             raise ValueError(f"max_size ({self.max_size}) must be >= min_size ({self.min_size})")
         if self.head_convs is not None and self.detector == "faster_rcnn":
@@ -90,6 +146,9 @@ class DataConfig(_Section):
     val_images: str | None = Field(None, description="image folder of the validation set")
     num_workers: Int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main process)")
     check_images: Bool = Field(False, description="decode every image file once before training (slow)")
+    manifest: str | None = Field(
+        None, description="curation manifest (detcurate balance): per-image sampling weights; null: each image once per epoch"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
