@@ -17,6 +17,7 @@ iteration ``i`` continues the same stream, whatever the number of DataLoader wor
 
 from __future__ import annotations
 
+import bisect
 import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from curation_core.errors import DataError
 #: Seed-sequence domains, so that data order and augmentations never share a random stream.
 _ORDER_DOMAIN = 0
 _AUGMENT_DOMAIN = 1
+_REPEAT_DOMAIN = 2  # stochastic rounding of per-image sampling weights (data.manifest)
 #: Boxes narrower or lower than this (pixels) after clipping to the image are dropped (degenerate).
 MIN_BOX_SIDE = 1e-2
 #: Image-level keys of a target; every other tensor with a first dimension holds one row per box.
@@ -260,36 +262,71 @@ class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches ``start .. stop - 1`` of the infinite, seeded sample stream (see the module docstring).
 
     Yields lists of ``(sample index, stream position)``; ``len`` is ``stop - start``.
+
+    ``weights`` (float (num_samples,), >= 0, from a curation manifest, ``data.manifest``): epoch ``e``
+    then holds sample ``k`` ``n_k(e)`` times, ``n_k(e)`` the stochastic rounding of ``weights[k]``
+    drawn from ``(seed, e)`` (so ``E[n_k] = weights[k]``; a weight of 0 is never drawn), in an order
+    permuted from ``(seed, e)``; epochs have varying lengths and the stream stays a function of
+    (seed, iteration). Without ``weights`` every epoch is one permutation of all samples, as before.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, *, seed: int, start: int, stop: int) -> None:
+    def __init__(self, num_samples: int, batch_size: int, *, seed: int, start: int, stop: int,
+                 weights: np.ndarray | None = None) -> None:
         if num_samples < 1:
             raise ValueError(f"TrainBatchSampler(num_samples=) expects an integer >= 1; got {num_samples}.")
         if batch_size < 1:
             raise ValueError(f"TrainBatchSampler(batch_size=) expects an integer >= 1; got {batch_size}.")
         if not 0 <= start <= stop:
             raise ValueError(f"TrainBatchSampler(start=, stop=) expects 0 <= start <= stop; got {start}, {stop}.")
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+            if weights.shape != (num_samples,) or not np.all(np.isfinite(weights)) or np.any(weights < 0) \
+                    or not np.any(weights > 0):
+                raise ValueError(f"TrainBatchSampler(weights=) expects {num_samples} finite numbers >= 0, not all 0; "
+                                 f"got shape {weights.shape}.")
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.start, self.stop = start, stop
+        self.weights = weights
         self._epoch: int | None = None
         self._order: np.ndarray | None = None
+        self._epoch_ends: list[int] = []  # weighted stream: cumulative epoch lengths, extended on demand
 
     def __len__(self) -> int:
         return self.stop - self.start
 
     def order(self, epoch: int) -> np.ndarray:
-        """The sample indices of ``epoch``, a permutation of ``range(num_samples)``."""
+        """The sample indices of ``epoch``: a permutation of ``range(num_samples)``, or with ``weights``
+        of each index repeated its stochastically rounded weight."""
         if epoch != self._epoch:
-            self._order = np.random.default_rng([self.seed, _ORDER_DOMAIN, epoch]).permutation(self.num_samples)
+            rng = np.random.default_rng([self.seed, _ORDER_DOMAIN, epoch])
+            if self.weights is None:
+                self._order = rng.permutation(self.num_samples)
+            else:
+                self._order = rng.permutation(np.repeat(np.arange(self.num_samples), self._counts(epoch)))
             self._epoch = epoch
         assert self._order is not None
         return self._order
+
+    def _counts(self, epoch: int) -> np.ndarray:
+        from curation_core.offline.repeat_factors import stochastic_round
+
+        return stochastic_round(self.weights, np.random.default_rng([self.seed, _REPEAT_DOMAIN, epoch]))
+
+    def _locate(self, position: int) -> tuple[int, int]:
+        """(epoch, offset) of a stream position."""
+        if self.weights is None:
+            return divmod(position, self.num_samples)
+        while not self._epoch_ends or self._epoch_ends[-1] <= position:
+            previous = self._epoch_ends[-1] if self._epoch_ends else 0
+            self._epoch_ends.append(previous + int(self._counts(len(self._epoch_ends)).sum()))
+        epoch = bisect.bisect_right(self._epoch_ends, position)
+        return epoch, position - (self._epoch_ends[epoch - 1] if epoch else 0)
 
     def batch(self, iteration: int) -> list[tuple[int, int]]:
         """The keys of the batch of ``iteration`` (0-based)."""
         keys = []
         for position in range(iteration * self.batch_size, (iteration + 1) * self.batch_size):
-            epoch, offset = divmod(position, self.num_samples)
+            epoch, offset = self._locate(position)
             keys.append((int(self.order(epoch)[offset]), position))
         return keys
 

@@ -220,6 +220,12 @@ class Trainer:
         self.train_gt, self.val_gt = _load_data(config)
         self.category_ids = list(self.train_gt.category_ids)
         self.category_names = [c["name"] for c in self.train_gt.categories]
+        self._manifest_weights, self._manifest_digest = None, None
+        if config.data.manifest is not None:  # per-image sampling weights of detcurate balance
+            from curation_core.offline.manifest import load_manifest
+
+            manifest = load_manifest(config.data.manifest, self.train_gt)
+            self._manifest_weights, self._manifest_digest = manifest.weights_for(self.train_gt), manifest.digest
         torch.manual_seed(config.train.seed)
         self.model = build_detector(config.model, num_categories=len(self.category_ids)).to(self.device)
         self.model.train()
@@ -245,7 +251,7 @@ class Trainer:
                                    transform=transform, seed=config.train.seed)
         draw, every = self._draw_size(), self._score_every()
         sampler = TrainBatchSampler(len(dataset), draw, seed=config.train.seed, start=self.iter // every,
-                                    stop=-(-self.max_iter // every))
+                                    stop=-(-self.max_iter // every), weights=self._manifest_weights)
         self.loader = make_loader(dataset, batch_sampler=sampler, num_workers=config.data.num_workers,
                                   seed=config.train.seed, pin_memory=self.device.type == "cuda")
 
@@ -270,10 +276,10 @@ class Trainer:
         for section in ("curation", "augment", "optim"):
             check_same_section(checkpoint, section, self.config.to_dict()[section], source=source)
         expected = self._sampler_state()
-        saved = {k: checkpoint.get("sampler", {}).get(k) for k in ("seed", "batch_size", "num_samples")}
-        if saved != {k: expected[k] for k in saved}:
+        saved = {k: checkpoint.get("sampler", {}).get(k) for k in ("seed", "batch_size", "num_samples", "manifest")}
+        if saved != {k: expected.get(k) for k in saved}:
             raise CheckpointError(f"{source}: the run used data stream {saved}, this config gives "
-                                  f"{ {k: expected[k] for k in saved} }; resuming would change the data order")
+                                  f"{ {k: expected.get(k) for k in saved} }; resuming would change the data order")
         if checkpoint["iteration"] > self.max_iter:
             raise CheckpointError(f"{source}: checkpoint is at iteration {checkpoint['iteration']}, beyond "
                                   f"schedule.max_iter={self.max_iter}")
@@ -294,9 +300,12 @@ class Trainer:
         if self.device.type == "cuda" and len(rng.get("cuda", [])) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(rng["cuda"])
 
-    def _sampler_state(self) -> dict[str, int]:
-        return {"seed": self.config.train.seed, "batch_size": self._draw_size(),
-                "num_samples": len(self.train_gt.images), "next_batch": self.iter // self._score_every()}
+    def _sampler_state(self) -> dict[str, Any]:
+        state = {"seed": self.config.train.seed, "batch_size": self._draw_size(),
+                 "num_samples": len(self.train_gt.images), "next_batch": self.iter // self._score_every()}
+        if self._manifest_digest is not None:  # weighted stream (data.manifest): resuming needs the same weights
+            state["manifest"] = self._manifest_digest
+        return state
 
     def _draw_size(self) -> int:
         """Images the loader yields per draw: the batch, or the super-batch under curation."""
