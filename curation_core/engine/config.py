@@ -75,6 +75,30 @@ class BRLConfig(_Section):
         return self
 
 
+class LibraConfig(_Section):
+    """Libra R-CNN sampling of the RoI heads (``model.sampler: libra``; ``curation_core.samplers.libra``,
+    arXiv 1904.02701): IoU-balanced negatives and instance-balanced positives.
+
+    Negatives are drawn evenly from ``bins`` IoU bins (a short bin is filled at random); with
+    ``floor_thr``, a ``floor_fraction`` of them is drawn at random below it. ``bin_range: negatives``
+    spans the bins over the negatives' own IoUs; ``mmdetection`` over [floor, largest IoU of any
+    proposal], mmdetection's behaviour (its top bin is empty; mmdetection issue 5323).
+    """
+
+    bins: Int = Field(3, ge=1, description="IoU bins of the negatives (1: random negatives)")
+    floor_thr: Float | None = Field(None, ge=0.0, lt=1.0, description="negatives below this IoU form the floor set (null: none)")
+    floor_fraction: Float = Field(0.0, ge=0.0, le=1.0, description="fraction of the negatives drawn from the floor set")
+    bin_range: Literal["negatives", "mmdetection"] = Field(
+        "negatives", description="bins over the negatives' IoU range, or mmdetection's [floor, max IoU of all proposals]")
+    balanced_positives: Bool = Field(True, description="instance-balanced positives (false: random positives)")
+
+    @model_validator(mode="after")
+    def _check(self) -> LibraConfig:
+        if self.floor_fraction > 0 and self.floor_thr is None:
+            raise ValueError(f"floor_fraction ({self.floor_fraction}) needs floor_thr (the floor set's upper IoU)")
+        return self
+
+
 class ModelConfig(_Section):
     """Detector architecture and input resolution.
 
@@ -108,6 +132,10 @@ class ModelConfig(_Section):
         UNVERIFIED_WEIGHT, ge=0.0, le=1.0,
         description="fcos/retinanet: loss weight of anchors assigned to boxes flagged unverified",
     )
+    sampler: Literal["random", "libra"] = Field(
+        "random", description="faster_rcnn RoI-head sampler: random (torchvision's) or libra (Libra R-CNN)")
+    libra: LibraConfig = Field(LibraConfig(), description="sampler libra: IoU bins, floor, positives (see LibraConfig)")
+    pisa: Bool = Field(False, description="PISA: ISR-P, ISR-N and CARL (faster_rcnn), ISR-P and CARL (retinanet)")
 
     @model_validator(mode="before")
     @classmethod
@@ -128,6 +156,13 @@ class ModelConfig(_Section):
         if self.detector not in ONE_STAGE_DETECTORS and self.unverified_weight != UNVERIFIED_WEIGHT:
             raise ValueError(f"unverified_weight applies to {', '.join(ONE_STAGE_DETECTORS)}; {self.detector} does "
                              f"not read it (leave it at {UNVERIFIED_WEIGHT})")
+        if self.sampler != "random" and self.detector != "faster_rcnn":
+            raise ValueError(f"sampler {self.sampler!r} applies to the RoI heads of faster_rcnn; got detector "
+                             f"{self.detector} (leave sampler: random)")
+        if self.sampler != "libra" and self.libra != LibraConfig():
+            raise ValueError("libra applies to sampler 'libra' only; set sampler: libra or leave libra at its defaults")
+        if self.pisa and self.detector not in ("faster_rcnn", "retinanet"):
+            raise ValueError(f"pisa applies to faster_rcnn and retinanet; got detector {self.detector}")
         if self.max_size < self.min_size:
             raise ValueError(f"max_size ({self.max_size}) must be >= min_size ({self.min_size})")
         if self.head_convs is not None and self.detector == "faster_rcnn":

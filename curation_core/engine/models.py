@@ -30,10 +30,9 @@ from functools import partial
 from typing import Any
 
 from torch import Tensor, nn
-from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection import FCOS, FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
@@ -41,6 +40,8 @@ from torchvision.ops.poolers import initLevelMapper
 
 from curation_core.engine.backbones import Levels, build_backbone, is_small
 from curation_core.engine.config import ModelConfig
+from curation_core.engine.one_stage import LossFCOSHead, LossRetinaNet, OneStageLoss
+from curation_core.engine.two_stage import IgnoreRegionRPN, RoISampling, SampledRoIHeads
 
 #: Per-channel mean and standard deviation the input is normalised with (RGB in [0, 1]).
 IMAGE_MEAN = (0.485, 0.456, 0.406)
@@ -112,12 +113,16 @@ class TrainResizeTransform(GeneralizedRCNNTransform):
         return super().resize(image, target)
 
 
+def head_targets(targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """Targets with labels ``1..K`` shifted to the one-stage heads' ``0..K-1`` (other keys kept)."""
+    return [{**target, "labels": target["labels"] - 1} for target in targets]
+
+
 class _ForegroundLabels:
     """Mixin for torchvision's one-stage detectors: ``K`` class outputs for labels ``1..K``."""
 
     def compute_loss(self, targets, *args):  # noqa: ANN001, ANN002, ANN201
-        shifted = [{**target, "labels": target["labels"] - 1} for target in targets]
-        return super().compute_loss(shifted, *args)
+        return super().compute_loss(head_targets(targets), *args)
 
     def postprocess_detections(self, *args):  # noqa: ANN002, ANN201
         detections = super().postprocess_detections(*args)
@@ -130,8 +135,9 @@ class ForegroundFCOS(_ForegroundLabels, FCOS):
     """torchvision's FCOS with labels 1..K (see the module docstring)."""
 
 
-class ForegroundRetinaNet(_ForegroundLabels, RetinaNet):
-    """torchvision's RetinaNet with labels 1..K (see the module docstring)."""
+class ForegroundRetinaNet(_ForegroundLabels, LossRetinaNet):
+    """torchvision's RetinaNet with labels 1..K (see the module docstring) and the loss of
+    ``curation_core.engine.one_stage`` (ignore regions, BRL, dampened unverified boxes, PISA)."""
 
 
 def build_detector(config: ModelConfig, *, num_categories: int) -> nn.Module:
@@ -175,8 +181,9 @@ def _build_fcos(config: ModelConfig, num_categories: int) -> nn.Module:
     backbone = _backbone(config)
     strides = LEVEL_STRIDES[fpn_levels(config)]
     anchors = AnchorGenerator(tuple((s,) for s in strides), ((1.0,),) * len(strides))
-    head = _single_value_group_norms(FCOSHead(backbone.out_channels, 1, num_categories,
-                                              num_convs=config.head_convs or HEAD_CONVS))
+    head = _single_value_group_norms(LossFCOSHead(backbone.out_channels, 1, num_categories,
+                                                  num_convs=config.head_convs or HEAD_CONVS,
+                                                  loss_options=OneStageLoss.from_config(config)))
     return ForegroundFCOS(backbone, num_categories, anchor_generator=anchors, head=head,
                           score_thresh=config.score_thresh, detections_per_img=config.detections_per_img,
                           **_sizes(config))
@@ -194,7 +201,8 @@ def _build_retinanet(config: ModelConfig, num_categories: int) -> nn.Module:
         head.classification_head.conv = head.classification_head.conv[: config.head_convs]
         head.regression_head.conv = head.regression_head.conv[: config.head_convs]
     return ForegroundRetinaNet(backbone, num_categories, anchor_generator=anchors, head=head, score_thresh=config.score_thresh,
-                     detections_per_img=config.detections_per_img, **_sizes(config))
+                               detections_per_img=config.detections_per_img,
+                               loss_options=OneStageLoss.from_config(config), **_sizes(config))
 
 
 def _build_faster_rcnn(config: ModelConfig, num_categories: int) -> nn.Module:
@@ -204,10 +212,22 @@ def _build_faster_rcnn(config: ModelConfig, num_categories: int) -> nn.Module:
     small = is_small(config.backbone)
     width = BOX_HEAD_WIDTH_SMALL if small else BOX_HEAD_WIDTH_RESNET
     box_head = TwoMLPHead(backbone.out_channels * 7 * 7, width)  # 7x7 RoIAlign output
-    return FasterRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors, box_head=box_head,
-                      box_roi_pool=_roi_pool(fpn_levels(config)), box_predictor=FastRCNNPredictor(width, num_categories + 1),
-                      box_score_thresh=config.score_thresh, box_detections_per_img=config.detections_per_img,
-                      **(RPN_BUDGET_SMALL if small else RPN_BUDGET_RESNET), **_sizes(config))
+    model = FasterRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors, box_head=box_head,
+                       box_roi_pool=_roi_pool(fpn_levels(config)), box_predictor=FastRCNNPredictor(width, num_categories + 1),
+                       box_score_thresh=config.score_thresh, box_detections_per_img=config.detections_per_img,
+                       **(RPN_BUDGET_SMALL if small else RPN_BUDGET_RESNET), **_sizes(config))
+    # Ignore regions in the RPN and RoI heads; the RoI sampler and PISA (curation_core.engine.two_stage).
+    model.rpn = IgnoreRegionRPN.from_torchvision(model.rpn)
+    model.roi_heads = SampledRoIHeads.from_torchvision(model.roi_heads, roi_sampling(config))
+    return model
+
+
+def roi_sampling(config: ModelConfig) -> RoISampling:
+    """``model.sampler``, ``model.libra`` and ``model.pisa`` as the RoI heads' sampling options."""
+    libra = config.libra
+    return RoISampling(sampler=config.sampler, num_bins=libra.bins, floor_thr=libra.floor_thr,
+                       floor_fraction=libra.floor_fraction, bin_range=libra.bin_range,
+                       balanced_positives=libra.balanced_positives, pisa=config.pisa)
 
 
 def _roi_pool(levels: Levels) -> MultiScaleRoIAlign:
