@@ -6,14 +6,16 @@ wrapper class is pickled by reference (``pipelines.registry.DetectorModel``), so
 needs DetCurate installed, never the source code stored beside the model. Promotion uses aliases
 (``models:/NAME@champion``); MLflow's stages are deprecated.
 
-Together with ``pipelines.tracking`` this is the only module that imports MLflow.
+Together with ``pipelines.tracking`` this is the only module that imports MLflow. It imports
+``pipelines.tracking``; tracking never imports it (registration after training or evaluation is handed
+to tracking as a callable, ``registrar``). Checkpoints are read through ``components.evaluate_model``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,7 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
         self._detector: Any = None
 
     def load_context(self, context: Any) -> None:
-        from curation_core.engine.predict import load_detector
+        from components.evaluate_model import load_detector
 
         device = (context.model_config or {}).get(DEVICE_KEY, "cpu")
         self._detector = load_detector(context.artifacts[CHECKPOINT_ARTIFACT], device=device)
@@ -104,10 +106,10 @@ def register_checkpoint(
     -------
     mlflow.entities.model_registry.ModelVersion (``.name``, ``.version``, ``.run_id``, ``.aliases``).
     """
-    from curation_core.engine.checkpoint import load_checkpoint
+    from components.evaluate_model import check_checkpoint
 
     path = Path(checkpoint)
-    load_checkpoint(path)  # CheckpointError for missing, corrupt or foreign files, before anything is logged
+    check_checkpoint(path)  # CheckpointError for missing, corrupt or foreign files, before anything is logged
     configure_mlflow()
     client = mlflow_client()
     with _active_run(client, run_id, run_name=f"register {name}"):
@@ -126,6 +128,16 @@ def register_checkpoint(
     if alias:
         client.set_registered_model_alias(name, alias, version)
     return client.get_model_version(name, version)
+
+
+def registrar(name: str, checkpoint: str | os.PathLike[str], *, alias: str | None = DEFAULT_ALIAS
+              ) -> Callable[[str, dict[str, str]], Any]:
+    """``register(run_id, tags)`` for ``pipelines.tracking.log_evaluation``: registers ``checkpoint`` as a
+    new version of ``name`` under that run, with those tags, and moves ``alias`` to it."""
+    def register(run_id: str, tags: dict[str, str]) -> Any:
+        return register_checkpoint(checkpoint, name, alias=alias, run_id=run_id, tags=tags)
+
+    return register
 
 
 def load_registered(uri: str, *, device: str = "cpu") -> Any:

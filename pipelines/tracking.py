@@ -11,28 +11,27 @@ Runs go to the experiment ``$MLFLOW_EXPERIMENT_NAME`` (default ``detcurate``).
 
 This module and ``pipelines.registry`` (the model registry) are the only ones that import MLflow.
 This one imports it only when a function needs it, so that everything else runs without it
-(``pip install 'detcurate[tracking]'``).
+(``pip install 'detcurate[tracking]'``), and it never imports the training engine (torch): an Airflow
+DAG file may import it while it is parsed. The training hook is ``pipelines.tracking_hook.MLflowHook``;
+``pipelines.registry`` imports this module, never the other way round.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import hashlib
 import json
 import math
 import os
 import re
 import time
-import warnings
-from collections.abc import Iterable, Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from curation_core.engine.hooks import Hook
-from curation_core.engine.trainer import METRICS_NAME
-from curation_core.errors import DataError
+from curation_core.errors import ConfigError, DataError
 from curation_core.evaluation import COCO_STAT_NAMES, CocoStats
 
 INSTALL_HINT = "pip install 'detcurate[tracking]'"
@@ -46,6 +45,8 @@ _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 _HASH_CHUNK = 1 << 20
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
+#: Seconds to wait for a tracking server's health endpoint before calling it unreachable.
+HEALTH_TIMEOUT_S = 5.0
 
 
 def require_mlflow() -> ModuleType:
@@ -85,6 +86,25 @@ def configure_mlflow() -> str:
     if mlflow.get_tracking_uri() != uri:
         mlflow.set_tracking_uri(uri)
     return uri
+
+
+def check_tracking_server(uri: str, *, timeout: float = HEALTH_TIMEOUT_S) -> None:
+    """Raise ``ConfigError`` naming ``uri`` when an ``http(s)://`` tracking server does not answer.
+
+    Asks the server's ``/health`` endpoint; local stores (``sqlite:///``, ``file:``) need no check. Called
+    before any training, so an unreachable server fails a run at once, not after hours of work.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:  # noqa: S310
+            response.read(64)
+    except urllib.error.HTTPError:
+        return  # it answers (a proxy in front of it may not serve /health)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(f"MLflow tracking server {uri} is unreachable ({reason}); start it or set "
+                          f"MLFLOW_TRACKING_URI") from None
 
 
 def mlflow_client() -> Any:
@@ -229,173 +249,11 @@ def _now_ms() -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-class MLflowHook(Hook):
-    """Logs one training run to MLflow.
-
-    Uses the active MLflow run if there is one (and leaves it open), else opens a run and closes it
-    after training. Cost rule: ``after_step`` only appends to a buffer; the buffer goes to the store in
-    one batch every ``log_every`` iterations (one database write, a few milliseconds) and before each
-    evaluation, so the per-step cost is negligible.
-
-    Parameters
-    ----------
-    run_name : name of the run (default: the name of the training output folder).
-    register_as : if given, register the final checkpoint under this model name and point ``alias`` at it.
-    alias : registry alias moved to the newly registered version.
-    log_every : iterations between two metric writes (all steps are logged, in batches).
-    """
-
-    def __init__(self, *, run_name: str | None = None, register_as: str | None = None,
-                 alias: str = "champion", log_every: int = DEFAULT_LOG_EVERY) -> None:
-        if log_every < 1:
-            raise ValueError(f"MLflowHook(log_every=) expects an integer >= 1; got {log_every}.")
-        self.run_name = run_name
-        self.register_as = register_as
-        self.alias = alias
-        self.log_every = log_every
-        self.run_id: str | None = None
-        self.model_version: Any = None
-        self._client: Any = None
-        self._owns_run = False
-        self._tags: dict[str, str] = {}
-        self._pending: list[tuple[str, float, int, int]] = []
-
-    def before_train(self) -> None:
-        mlflow = require_mlflow()
-        self._client = mlflow_client()
-        config = self.trainer.config
-        active = mlflow.active_run()
-        if active is not None:
-            self.run_id, self._owns_run = active.info.run_id, False
-        else:
-            run = self._client.create_run(experiment_id(self._client),
-                                          run_name=self.run_name or Path(self.trainer.output_dir).name)
-            self.run_id, self._owns_run = run.info.run_id, True
-            # on_exception closes the run when training fails or is interrupted; this covers a process
-            # that exits without either (a hook of another library calling sys.exit, say).
-            atexit.register(self.end, "FAILED")
-        log_params(self._client, self.run_id, config.flat_params())
-        self._tags = dataset_tags(training_data_paths(config))
-        tags = {"detcurate.output_dir": _display_path(Path(self.trainer.output_dir).resolve()), **self._tags}
-        for key, value in tags.items():
-            self._client.set_tag(self.run_id, key, value)
-
-    def after_step(self) -> None:
-        step, now = self.trainer.iter, _now_ms()
-        self._pending.extend((metric_key("train", key), value, step, now)
-                             for key, value in self.trainer.last_metrics.items() if math.isfinite(value))
-        if step % self.log_every == 0:
-            self._flush()
-
-    def after_eval(self, stats: CocoStats) -> None:
-        self._flush()
-        names = dict(zip(self.trainer.category_ids, self.trainer.category_names, strict=True))
-        metrics = coco_metrics(stats, prefix="val", category_names=names)
-        log_metrics(self._client, self.run_id, ((key, value, self.trainer.iter) for key, value in metrics.items()))
-
-    def after_checkpoint(self, path: Path) -> None:
-        self._client.set_tag(self.run_id, "detcurate.last_checkpoint", _display_path(Path(path).resolve()))
-
-    def after_train(self) -> None:
-        self._flush()
-        result = self.trainer.result
-        self._client.log_artifact(self.run_id, str(result.checkpoint), artifact_path="checkpoint")
-        self._client.log_artifact(self.run_id, str(result.config_path), artifact_path="config")
-        report = Path(result.output_dir) / METRICS_NAME  # final COCO stats + evaluation history
-        if report.is_file():
-            self._client.log_artifact(self.run_id, str(report), artifact_path="report")
-            if result.history:
-                self._log_curves(report)
-        self._log_curation(Path(result.output_dir), step=result.iterations)
-        log_metrics(self._client, self.run_id, [("train/images_per_s_mean", result.images_per_s, result.iterations)])
-        if self.register_as:
-            from pipelines.registry import register_checkpoint
-
-            self.model_version = register_checkpoint(result.checkpoint, self.register_as, alias=self.alias,
-                                                     run_id=self.run_id, tags=self._tags)
-        self.end("FINISHED")
-
-    def _log_curves(self, report: Path) -> None:
-        """Validation AP and AP50 over the iterations of this run, as ``report/training_curves.png``."""
-        import tempfile
-
-        from components.report import plot_training_curves
-
-        with tempfile.TemporaryDirectory() as tmp:
-            label = self.run_name or Path(self.trainer.output_dir).name
-            figure = plot_training_curves({label: report}, Path(tmp) / "training_curves.png", title=label)
-            self._client.log_artifact(self.run_id, str(figure), artifact_path="report")
-
-    def _log_curation(self, output_dir: Path, *, step: int) -> None:
-        """For a curated run: ``selections.csv``, its report (``components.curation_report``) and a few
-        headline numbers, all under ``curation/``.
-
-        The run's training result is already logged, so a failure here (a malformed log, an unreadable
-        annotations file, a store refusing an artifact) becomes a ``RuntimeWarning`` and the tag
-        ``detcurate.curation_report_error``, never a failed run.
-        """
-        import tempfile
-
-        from components.curation_report import curation_report
-        from curation_core.engine.selection_log import LOG_NAME
-
-        log = output_dir / LOG_NAME
-        if not log.is_file():
-            return
-        try:
-            self._client.log_artifact(self.run_id, str(log), artifact_path="curation")
-            with tempfile.TemporaryDirectory() as tmp:
-                stats = curation_report(log, self.trainer.config.data.train_annotations, out_dir=tmp)
-                for path in stats["files"].values():
-                    self._client.log_artifact(self.run_id, path, artifact_path="curation")
-            headline = {"distinct_images_frac": stats["distinct_images"]["picked_frac"],
-                        "background_share_picked": stats["background_share"]["picked"],
-                        "background_share_dataset": stats["background_share"]["dataset"],
-                        "picks_per_image_max": stats["picks_per_image"]["max"],
-                        "score_picked_mean": stats["scores"]["picked"]["mean"],
-                        "score_rejected_mean": stats["scores"]["rejected"]["mean"]}
-            log_metrics(self._client, self.run_id,
-                        [(f"curation/{key}", value, step) for key, value in headline.items() if value is not None])
-        except Exception as exc:  # noqa: BLE001 - reporting must not fail a finished training run
-            message = f"curation report of {log} not logged: {type(exc).__name__}: {exc}"
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            with contextlib.suppress(Exception):
-                self._client.set_tag(self.run_id, "detcurate.curation_report_error", message[:5000])
-
-    def on_exception(self, error: BaseException) -> None:
-        """Close the run as KILLED (interrupted: SIGINT/SIGTERM, ``request_stop``) or FAILED."""
-        from curation_core.engine.trainer import TrainingInterrupted
-
-        self.end("KILLED" if isinstance(error, TrainingInterrupted | KeyboardInterrupt) else "FAILED")
-
-    def end(self, status: str = "FINISHED") -> None:
-        """Close the run this hook opened (no-op for a run it did not open, or one already closed).
-
-        Call it with ``"FAILED"`` or ``"KILLED"`` when training raised; otherwise it happens at exit.
-        """
-        if self._owns_run:
-            self._owns_run = False
-            atexit.unregister(self.end)
-            self._flush()
-            self._client.set_terminated(self.run_id, status)
-
-    def _flush(self) -> None:
-        if self._pending:
-            log_metrics(self._client, self.run_id, self._pending)
-            self._pending = []
-
-
 def training_data_paths(config: Any) -> list[Path]:
     """The data paths a training config reads (annotation files and image folders)."""
     data = config.data
     return [Path(getattr(data, field)) for field in ("train_annotations", "train_images", "val_annotations",
                                                      "val_images") if getattr(data, field, None)]
-
-
-def training_hooks(config: Any, *, run_name: str | None = None, register_as: str | None = None) -> list[Hook]:
-    """Hooks that track a training run of ``config`` in MLflow (and register the result if asked)."""
-    require_mlflow()  # fail before training, not after it
-    return [MLflowHook(run_name=run_name or Path(config.train.output_dir).name, register_as=register_as)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -412,14 +270,15 @@ def log_evaluation(
     params: Mapping[str, Any] | None = None,
     data_paths: Iterable[str | os.PathLike[str]] = (),
     category_names: Mapping[int, str] | None = None,
-    register_as: str | None = None,
-    alias: str = "champion",
+    tags: Mapping[str, str] | None = None,
+    register: Callable[[str, dict[str, str]], Any] | None = None,
 ) -> str:
     """Log an evaluation of ``checkpoint`` as its own run; return the run id.
 
-    Logs ``params``, the COCO statistics as ``eval/...`` metrics, ``dataset.*`` tags of ``data_paths``,
-    and the checkpoint and the report file as artifacts. With ``register_as`` the checkpoint is also
-    registered under that name with ``alias``.
+    Logs ``params``, the COCO statistics as ``eval/...`` metrics, ``dataset.*`` tags of ``data_paths``
+    and ``tags``, and the checkpoint and the report file as artifacts. ``register(run_id, tags)`` is
+    called while the run is open, e.g. ``pipelines.registry.registrar(NAME, alias=...)``, which
+    registers the checkpoint under the run; a failure there marks the run FAILED.
     """
     client = mlflow_client()
     checkpoint = Path(checkpoint)
@@ -427,19 +286,55 @@ def log_evaluation(
     run_id = run.info.run_id
     try:
         log_params(client, run_id, {"checkpoint": _display_path(checkpoint.resolve()), **(params or {})})
-        tags = dataset_tags(data_paths)
-        for key, value in tags.items():
+        run_tags = {**dataset_tags(data_paths), **(tags or {})}
+        for key, value in run_tags.items():
             client.set_tag(run_id, key, value)
         metrics = coco_metrics(stats, prefix="eval", category_names=category_names)
         log_metrics(client, run_id, ((key, value, 0) for key, value in metrics.items()))
         client.log_artifact(run_id, str(checkpoint), artifact_path="checkpoint")
         client.log_artifact(run_id, str(report_path), artifact_path="report")
-        if register_as:
-            from pipelines.registry import register_checkpoint
-
-            register_checkpoint(checkpoint, register_as, alias=alias, run_id=run_id, tags=tags)
+        if register is not None:
+            register(run_id, run_tags)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def record_pipeline_status(pipeline_run: str, status: str, *, tags: Mapping[str, str] | None = None,
+                           message: str = "") -> str:
+    """Record the final state of a pipeline run (Kubeflow exit handler, Airflow's last task) in MLflow.
+
+    One MLflow run per pipeline run, named ``pipeline <pipeline_run>`` (found again by its tag
+    ``detcurate.pipeline_run``, so a retried exit task updates it instead of adding a second one), with
+    the tags ``detcurate.pipeline_status`` (``SUCCEEDED``, ``FAILED``, ...), ``tags`` and, for a failure,
+    the first 5,000 characters of ``message``. The MLflow run ends FINISHED for a pipeline that
+    succeeded, else FAILED. Returns its id.
+    """
+    client = mlflow_client()
+    experiment = experiment_id(client)
+    query = f"tags.`detcurate.pipeline_run` = '{pipeline_run}'"
+    found = client.search_runs([experiment], filter_string=query, max_results=1)
+    run_id = found[0].info.run_id if found else client.create_run(
+        experiment, run_name=f"pipeline {pipeline_run}", tags={"detcurate.pipeline_run": pipeline_run}).info.run_id
+    for key, value in {"detcurate.pipeline_status": status, **(tags or {})}.items():
+        client.set_tag(run_id, key, str(value))
+    if message:
+        client.set_tag(run_id, "detcurate.pipeline_error", message[:5000])
+    client.set_terminated(run_id, "FINISHED" if status.upper() in ("SUCCEEDED", "SUCCESS") else "FAILED")
+    return run_id
+
+
+_MOVED_TO_TRACKING_HOOK = ("MLflowHook", "training_hooks")
+
+
+def __getattr__(name: str) -> Any:
+    """``MLflowHook`` and ``training_hooks`` live in ``pipelines.tracking_hook`` (they import torch);
+    ``pipelines.tracking.MLflowHook`` still finds them, importing torch only then."""
+    if name in _MOVED_TO_TRACKING_HOOK:
+        from pipelines import tracking_hook
+
+        return getattr(tracking_hook, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+

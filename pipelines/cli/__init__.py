@@ -29,8 +29,9 @@ def cli() -> None:
     \b
     Demo:        detcurate demo   (the whole pipeline on the built-in synthetic data)
     Data:        detcurate data synth | validate | corrupt
-    Evaluation:  detcurate eval --gt GT.json --dt DT.json
-    Training:    detcurate train --config FILE [--set key=value] [--resume] | evaluate
+    Evaluation:  detcurate eval --gt GT.json --dt DT.json   (a predictions file)
+                detcurate evaluate --checkpoint CKPT --annotations A.json --images DIR   (a trained model)
+    Training:    detcurate train --config FILE [--set key=value] [--resume]
     Figures:     detcurate report --run NAME=runs/NAME/metrics.json --out FIG.png
     Curation:    detcurate curation-report --selections runs/NAME/selections.csv --annotations A.json --out DIR
     DetGain:     detcurate score --gt GT.json --teacher-dt T.json --student-dt S.json
@@ -44,7 +45,7 @@ cli.add_command(evaluate_cmds.eval_cmd)
 cli.add_command(report_cmds.report_cmd)
 cli.add_command(score_cmds.score_cmd)
 cli.add_command(train_cmds.train_cmd)
-cli.add_command(train_cmds.evaluate_cmd)
+cli.add_command(evaluate_cmds.evaluate_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -41,10 +42,20 @@ def progress_bar(items: Iterable[T], *, total: int | None = None, description: s
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Print a table to stdout; floats are shown with 4 decimals."""
-    table = Table(title=title, title_justify="left")
+    """Print a table to stdout; floats are shown with 4 decimals.
+
+    In a terminal the table fits its width. Into a pipe or a file nothing is wrapped: the title is one
+    plain line and every cell stays whole (a file path is never cut into fragments), however wide the
+    table gets, so that ``grep`` and scripts see each value on one line.
+    """
+    terminal = stdout.is_terminal
+    table = Table(title=title if terminal else None, title_justify="left")
     for i, name in enumerate(columns):
-        table.add_column(name, justify="left" if i == 0 else "right")
+        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=not terminal)
     for row in rows:
-        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
-    stdout.print(table)
+        table.add_row(*(escape(f"{v:.4f}" if isinstance(v, float) else str(v)) for v in row))
+    if terminal:
+        stdout.print(table)
+        return
+    stdout.print(title, markup=False, highlight=False, soft_wrap=True)
+    stdout.print(table, width=max(stdout.measure(table).maximum, 1), soft_wrap=False)
