@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -22,7 +23,7 @@ from curation_core.engine.config import load_config  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STAGES = {"synth", "train_teacher", "train_student", "train_student_detgain", "evaluate@teacher", "evaluate@student",
-          "evaluate@student_detgain", "report"}
+          "evaluate@student_detgain", "report", "robustness"}
 TRAININGS = ("train_teacher", "train_student", "train_student_detgain")
 MODELS = ("teacher", "student", "student_detgain")
 #: stage -> the stages it depends on
@@ -35,6 +36,7 @@ UPSTREAM = {
     "evaluate@student": {"train_student", "synth"},
     "evaluate@student_detgain": {"train_student_detgain", "synth"},
     "report": {"train_teacher", "train_student", "train_student_detgain"},
+    "robustness": {"synth"},
 }
 
 
@@ -158,6 +160,7 @@ TINY_PARAMS = {
     "teacher": {"backbone": "tiny", "iterations": 2, "warmup_iters": 1, "batch_size": 2, "eval_every": 1},
     "student": {"backbone": "tiny", "iterations": 2, "warmup_iters": 1, "batch_size": 2, "eval_every": 1},
     "curated": {"method": "detgain", "estimator": "empirical", "super_batch": 4, "score_every": 1, "warmup_iters": 0},
+    "robustness": {"iterations": 2, "warmup_iters": 1, "batch_size": 2},
 }
 
 
@@ -197,6 +200,7 @@ def test_repro_reruns_only_downstream_stages(tmp_path):
     assert yaml.safe_load((repo / "reports" / "student_detgain.json").read_text())["stats"]
     assert yaml.safe_load((repo / "reports" / "teacher.json").read_text())["stats"]
     assert (repo / "reports" / "training_curves.png").read_bytes().startswith(b"\x89PNG")
+    assert len(json.loads((repo / "runs" / "robustness_demo" / "robustness.json").read_text())["cells"]) == 10
 
     def with_param(section: str, key: str, value: object) -> None:
         params = yaml.safe_load((repo / "params.yaml").read_text())

@@ -15,7 +15,9 @@ of error, each scored in [0, 1], **higher = more likely an error** (cleanlab's s
   ``max(0, max q(d) - max q(d) * IoU(d, a))`` over the same-class predictions with
   ``IoU(d, a) >= IOU_NEAR`` (the first maximum) and over all same-class predictions (the second);
 - ``spurious``: nothing the detector sees supports the box,
-  ``1 - max q(d) * min(1, IoU(d, a) / IOU_MATCH)`` over the predictions of any class.
+  ``1 - max q(d) * min(1, IoU(d, a) / IOU_SUPPORT)`` over the predictions of any class (a confident
+  prediction overlapping the box by ``IOU_SUPPORT`` says an object is there: the box is then at
+  worst badly placed, not spurious).
 
 ``q(d)`` is the prediction's calibrated confidence: the precision of the detector's class-``c``
 predictions at that score, fitted on the data itself (each prediction is a hit when it matches an
@@ -45,6 +47,8 @@ from curation_core.matching import bbox_iou
 IOU_MATCH = 0.5
 #: IoU above which a same-class prediction is "near" an annotation (badly placed boxes).
 IOU_NEAR = 0.1
+#: IoU from which a prediction fully supports that an object lies under an annotation (spurious boxes).
+IOU_SUPPORT = 0.3
 #: Fewest predictions of a class for a calibration of its own.
 MIN_CALIBRATION = 20
 #: The kinds, in the order of ties (the first wins).
@@ -220,7 +224,7 @@ def _score_image(anns: list[dict[str, Any]], dets: list[dict[str, Any]],
         wrong = max(0.0, other.max(initial=0.0) - np.where(on_box & same, q, 0.0).max(initial=0.0))
         near = np.where(same & (col >= IOU_NEAR), q, 0.0).max(initial=0.0)
         placed = max(0.0, near - np.where(same, q * col, 0.0).max(initial=0.0))
-        support = (q * np.minimum(1.0, col / IOU_MATCH)).max(initial=0.0)
+        support = (q * np.minimum(1.0, col / IOU_SUPPORT)).max(initial=0.0)
         scores = {"wrong_class": float(wrong), "badly_placed": float(placed), "spurious": float(1.0 - support)}
         kind = max(ANNOTATION_KINDS, key=lambda k: scores[k])
         suggested = int(det_class[int(np.argmax(other))]) if other.max(initial=0.0) > 0 else None

@@ -16,7 +16,9 @@ from pipelines.cli import curation_report as curation_report_cmds
 from pipelines.cli import data as data_cmds
 from pipelines.cli import demo as demo_cmds
 from pipelines.cli import evaluate as evaluate_cmds
+from pipelines.cli import quality as quality_cmds
 from pipelines.cli import report as report_cmds
+from pipelines.cli import robustness as robustness_cmds
 from pipelines.cli import score as score_cmds
 from pipelines.cli import train as train_cmds
 
@@ -33,7 +35,9 @@ def cli() -> None:
                 detcurate evaluate --checkpoint CKPT --annotations A.json --images DIR   (a trained model)
     Training:    detcurate train --config FILE [--set key=value] [--resume]
     Figures:     detcurate report --run NAME=runs/NAME/metrics.json --out FIG.png
+    Robustness:  detcurate robustness --config configs/robustness_demo.yaml --out DIR
     Curation:    detcurate curation-report --selections runs/NAME/selections.csv --annotations A.json --out DIR
+    Quality:     detcurate quality --annotations A.json --predictions DT.json --out DIR
     DetGain:     detcurate score --gt GT.json --teacher-dt T.json --student-dt S.json
     """
 
@@ -42,7 +46,9 @@ cli.add_command(curation_report_cmds.curation_report_cmd)
 cli.add_command(data_cmds.data)
 cli.add_command(demo_cmds.demo_cmd)
 cli.add_command(evaluate_cmds.eval_cmd)
+cli.add_command(quality_cmds.quality_cmd)
 cli.add_command(report_cmds.report_cmd)
+cli.add_command(robustness_cmds.robustness_cmd)
 cli.add_command(score_cmds.score_cmd)
 cli.add_command(train_cmds.train_cmd)
 cli.add_command(evaluate_cmds.evaluate_cmd)
