@@ -338,3 +338,44 @@ def __getattr__(name: str) -> Any:
         return getattr(tracking_hook, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
+# --------------------------------------------------------------------------------------------------
+# Robustness grids
+# --------------------------------------------------------------------------------------------------
+
+
+def log_robustness(result: Any, config_path: str | os.PathLike[str], *, run_name: str | None = None) -> str:
+    """Log a finished robustness grid (``curation_core.robustness.runner.RobustnessResult``) as one run.
+
+    Params: the grid's configuration (modes, losses, curations, seeds, base config). Metrics: the mean
+    over seeds of AP/AP50/AP75 as ``robustness/<mode>/<loss>/<curation>/<stat>``, the paired BRL - focal
+    difference as ``robustness/<mode>/brl_minus_focal/<curation>/<stat>`` and each mode's
+    ``robustness/<mode>/dropped_fraction``. Artifacts: the JSON, the Markdown table, the figure and the
+    robustness config, under ``robustness/``. Returns the run id.
+    """
+    client = mlflow_client()
+    out_dir = Path(result.json_path).parent
+    run = client.create_run(experiment_id(client), run_name=run_name or f"robustness {out_dir.name}")
+    run_id = run.info.run_id
+    try:
+        report = json.loads(Path(result.json_path).read_text(encoding="utf-8"))
+        grid = report["config"]
+        log_params(client, run_id, {"robustness.config": str(config_path), "base.config": grid["base"]["config"],
+                                    **{f"robustness.{k}": ",".join(map(str, grid[k]))
+                                       for k in ("modes", "losses", "curations", "seeds")}})
+        metrics = [(metric_key("robustness", mode, "dropped_fraction"), info["dropped_fraction"], 0)
+                   for mode, info in report["training_sets"].items()]
+        for row in report["summary"]:
+            metrics += [(metric_key("robustness", row["mode"], row["loss"], row["curation"], stat), row[stat]["mean"], 0)
+                        for stat in ("AP", "AP50", "AP75")]
+        for row in report["brl_minus_focal"]:
+            metrics += [(metric_key("robustness", row["mode"], "brl_minus_focal", row["curation"], stat),
+                         row[stat]["mean"], 0) for stat in ("AP", "AP50", "AP75")]
+        log_metrics(client, run_id, metrics)
+        for path in (result.json_path, result.markdown_path, result.plot_path, config_path):
+            client.log_artifact(run_id, str(path), artifact_path="robustness")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
