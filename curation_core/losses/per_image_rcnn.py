@@ -11,6 +11,13 @@ whatever the caller's mode:
   anchors / proposals; one image at a time makes that the image's own. The samplers draw from the torch
   global RNG, in torchvision's order (RPN for all images, then RoI heads for all images), so with the
   same seed a batch of one gives exactly torchvision's training loss.
+- the configuration of ``build_detector``'s Faster R-CNN (``engine.two_stage``): ignored boxes
+  (``target["ignore"]``) are regions, in the RPN and the RoI heads, as in training; the RoI sampler
+  is the configured one (``random`` or ``libra``, each drawing from the torch global RNG); with
+  ``model.pisa`` the RoI terms are ``two_stage.roi_losses`` on the image alone. ISR then keeps the
+  image's classification loss (ISR redistributes a total among the samples it ranks, and here those
+  are one image's), so PISA changes an image's loss by its CARL term only; an image's share of a
+  batch's ISR-weighted loss would depend on the other images of the batch.
 - detections: proposals with the *testing* budget, then the box head and
   ``roi_heads.postprocess_detections``, as torchvision's inference branch.
 
@@ -30,6 +37,8 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.models.detection.rpn import concat_box_prediction_layers
+
+from curation_core.engine.two_stage import RoISamples, SampledRoIHeads, roi_losses
 
 
 @dataclass(frozen=True)
@@ -100,17 +109,37 @@ def _rpn_losses(model: FasterRCNN, rpn_pass: _RpnPass, targets: list[dict[str, T
 
 def _roi_losses(model: FasterRCNN, features: dict[str, Tensor], batch: ImageList, proposals: list[Tensor],
                 targets: list[dict[str, Tensor]]) -> Tensor:
-    """(N,) RoI cross-entropy (mean over the image's sampled proposals) + smooth-L1 box loss / that count."""
+    """(N,) RoI cross-entropy (mean over the image's sampled proposals) + smooth-L1 box loss / that count.
+
+    With ``SampledRoIHeads`` (every Faster R-CNN of ``build_detector``) sampling is the configured one
+    (ignore regions, random or Libra) and the terms are ``two_stage.roi_losses`` on the image's slice:
+    with PISA, ISR computed over one image keeps that image's classification total, and CARL adds the
+    image's own ``loss_carl``. Otherwise torchvision's ``fastrcnn_loss``.
+    """
     roi_heads = model.roi_heads
-    sampled, _, labels, regression_targets = roi_heads.select_training_samples(proposals, targets)
+    if isinstance(roi_heads, SampledRoIHeads):
+        samples = roi_heads.sample(proposals, targets)
+        sampled = samples.proposals
+    else:
+        sampled, _, labels, regression_targets = roi_heads.select_training_samples(proposals, targets)
     class_logits, box_regression = _box_predictions(model, features, batch, sampled)
     counts = [len(p) for p in sampled]
     losses = []
     for i, (logits, regression) in enumerate(zip(class_logits.split(counts), box_regression.split(counts),
                                                  strict=True)):
-        classification, box = fastrcnn_loss(logits, regression, [labels[i]], [regression_targets[i]])
-        losses.append(classification.float() + box.float())
+        if isinstance(roi_heads, SampledRoIHeads):
+            terms = roi_losses(roi_heads, logits, regression, _one_image(samples, i))
+            losses.append(torch.stack([term.float() for term in terms.values()]).sum())
+        else:
+            classification, box = fastrcnn_loss(logits, regression, [labels[i]], [regression_targets[i]])
+            losses.append(classification.float() + box.float())
     return torch.stack(losses)
+
+
+def _one_image(samples: RoISamples, i: int) -> RoISamples:
+    """Image ``i``'s samples as a batch of one."""
+    return RoISamples([samples.proposals[i]], [samples.labels[i]], [samples.matched_idxs[i]],
+                      [samples.regression_targets[i]], [samples.gt_boxes[i]])
 
 
 def _detections(model: FasterRCNN, features: dict[str, Tensor], batch: ImageList,

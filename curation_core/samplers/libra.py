@@ -14,8 +14,8 @@ Random sampling draws most negatives from the large mass of easy, low-IoU propos
 Both return exactly ``min(available, requested)`` distinct indices, drawn with the
 ``torch.Generator`` passed in (never the global random state).
 
-The bin range (``bin_range``): ``"negatives"`` (default) spans the negatives' own IoUs, from the
-floor (``floor_thr``, or the lowest negative IoU) to the highest negative IoU, so every bin holds
+The bin range (``bin_range``): ``"negatives"`` (default) spans the IoUs of the negatives being
+balanced (those at or above the floor), from the lowest to the highest, so the end bins always hold
 candidates. ``"mmdetection"`` reproduces mmdetection's ``IoUBalancedNegSampler``: from the floor (0
 without one) to the largest IoU over *all* proposals of the image (``max_iou``; with ground-truth
 boxes appended as proposals this is 1.0). Negatives lie below the background threshold (0.5), so with
@@ -77,7 +77,7 @@ def sample_iou_balanced(ious: Tensor, num: int, *, generator: torch.Generator, n
     num_balanced = min(len(balanced_pool), int(num * (1.0 - floor_fraction)))
     if bin_range == "negatives":
         values = ious_cpu[balanced_pool]
-        low = float(floor_thr) if floor_thr is not None else (float(values.min()) if len(values) else 0.0)
+        low = float(values.min()) if len(values) else 0.0
         high = float(values.max()) if len(values) else low
     else:
         low, high = float(floor_thr or 0.0), float(max_iou)  # type: ignore[arg-type]  # checked above
