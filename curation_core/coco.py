@@ -4,7 +4,8 @@ Boxes follow COCO: ``bbox = [x, y, w, h]`` in absolute pixels, top-left origin. 
 fields are normalised on load: a missing ``iscrowd`` or ``ignore`` becomes 0 and a missing ``area``
 becomes ``w * h``. Note that pycocotools' box evaluation overwrites ``ignore`` with ``iscrowd``; the
 evaluation in this package follows pycocotools exactly, so ``ignore`` is carried through the data
-model (and by the training engine) but does not change mAP.
+model (and by the training engine) but does not change mAP. The optional ``unverified`` flag (0 or 1,
+validated, kept as written; absent means 0) marks a box not yet confirmed, which training dampens.
 """
 
 from __future__ import annotations
@@ -393,7 +394,7 @@ def _check_bbox(bbox: Any, name: str, size: tuple[float, float] | None, tol: flo
 
 
 def _check_ann_optional(ann: dict[str, Any], name: str, out: _Collector) -> None:
-    for key in ("iscrowd", "ignore"):
+    for key in ("iscrowd", "ignore", "unverified"):
         if key in ann and (ann[key] not in (0, 1) or isinstance(ann[key], float)):
             out.add(name, f"'{key}' must be 0 or 1; got {ann[key]!r}")
     if "area" in ann:

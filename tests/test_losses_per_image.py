@@ -25,13 +25,13 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _model(detector: str) -> nn.Module:
+def _model(detector: str, **fields: object) -> nn.Module:
     torch.manual_seed(0)
     # FCOS's towers use GroupNorm(32): on a 32-channel FPN (nano) a single 64 px image has a 1x1 P7 with
     # one value per group, which torch rejects; 64 channels give two, so torchvision runs on one image.
     channels = 64 if detector == "fcos" else None
     config = ModelConfig(detector=detector, backbone="nano", min_size=SIZE, max_size=SIZE, score_thresh=0.0,
-                         fpn_channels=channels)
+                         fpn_channels=channels, **fields)
     return build_detector(config, num_categories=3)
 
 
@@ -89,6 +89,46 @@ def test_fcos_per_image_losses_are_torchvision_losses_of_each_image_alone() -> N
         assert float(single[0]) == pytest.approx(alone, rel=1e-5)
     # torchvision divides by the batch's foreground count, so its batch loss is not the mean of these.
     assert float(losses.mean()) != pytest.approx(_torchvision_loss(model, images, targets), rel=1e-3)
+
+
+def _flagged_batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """``_batch`` with image 0's first box an ignored region and image 2's box unverified."""
+    images, targets = _batch()
+    targets[0]["ignore"] = torch.tensor([True, False])
+    for target in targets:
+        target["unverified"] = torch.zeros(len(target["labels"]), dtype=torch.bool)
+    targets[2]["unverified"] = torch.tensor([True])
+    return images, targets
+
+
+LOSS_OPTIONS = {"focal": {}, "brl": {"loss": "brl"}, "pisa": {"pisa": True},
+                "brl_pisa_dampened": {"loss": "brl", "pisa": True, "unverified_weight": 0.25}}
+
+
+@pytest.mark.parametrize("options", LOSS_OPTIONS)
+def test_retinanet_per_image_losses_follow_the_loss_configuration(options: str) -> None:
+    model = _model("retinanet", **LOSS_OPTIONS[options]).train()
+    images, targets = _flagged_batch()
+    losses = per_image_losses(model, images, targets)
+    # The mean is the model's own training loss on the batch, flags and options included (PISA's ranks
+    # and normalisations are the batch's in both).
+    assert float(losses.mean()) == pytest.approx(_torchvision_loss(model, images, targets), rel=1e-5)
+    unflagged = per_image_losses(model, *_batch())
+    assert not torch.allclose(losses, unflagged, rtol=1e-4)  # the flags reach the per-image losses
+    if options == "focal":  # the flags change only the images that carry them
+        torch.testing.assert_close(losses[1], unflagged[1])
+
+
+def test_fcos_per_image_losses_with_flags_are_each_image_alone() -> None:
+    model = _freeze_batchnorm(_model("fcos", unverified_weight=0.25))
+    images, targets = _flagged_batch()
+    losses = per_image_losses(model, images, targets)
+    unflagged = per_image_losses(model, *_batch())
+    for i in range(3):
+        alone = _torchvision_loss(model, images[i: i + 1], targets[i: i + 1])
+        assert float(losses[i]) == pytest.approx(alone, rel=1e-4), i
+    assert float(losses[0]) != pytest.approx(float(unflagged[0]), rel=1e-4)
+    assert float(losses[2]) != pytest.approx(float(unflagged[2]), rel=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])

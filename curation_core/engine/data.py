@@ -7,7 +7,9 @@ A training sample is ``(image, target)``: ``image`` float32 (3, H, W) RGB in [0,
 resize/crop/flip of the stored image, ``view`` float64 (4,) (``make_view``). Images without boxes give ``boxes`` of shape
 (0, 4), which torchvision's detectors accept as all-background images. Crowd annotations
 (``iscrowd=1``) are never training targets; annotations with ``ignore=1`` are, and their flag is
-kept in ``target["ignore"]`` (bool (N,)) for losses that use it.
+kept in ``target["ignore"]`` (bool (N,)): the losses train them as ignored regions. Likewise
+``"unverified": 1`` (a box not yet confirmed) is kept in ``target["unverified"]`` (bool (N,)), which
+the losses dampen (``model.unverified_weight``).
 
 Determinism: the batch for iteration ``i`` depends only on (seed, i). Sample ``g = i * batch_size + j``
 of the infinite stream is position ``g mod n`` of epoch ``g // n``, whose order is a permutation drawn
@@ -88,6 +90,7 @@ def build_target(annotations: Sequence[dict[str, Any]], labels: dict[int, int], 
         "labels": torch.tensor([labels[a["category_id"]] for a in kept], dtype=torch.int64),
         "ann_ids": torch.tensor([a["id"] for a in kept], dtype=torch.int64),
         "ignore": torch.tensor([bool(a.get("ignore", 0)) for a in kept], dtype=torch.bool),
+        "unverified": torch.tensor([bool(a.get("unverified", 0)) for a in kept], dtype=torch.bool),
         "image_id": torch.tensor(image_id, dtype=torch.int64),
     }
     return clip_target(target, width=width, height=height)

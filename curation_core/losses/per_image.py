@@ -25,7 +25,8 @@ from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from curation_core.engine.models import ForegroundFCOS, ForegroundRetinaNet
+from curation_core.engine.models import ForegroundFCOS, ForegroundRetinaNet, head_targets
+from curation_core.engine.one_stage import LossRetinaNet
 from curation_core.losses.per_image_rcnn import rcnn_scoring
 
 
@@ -68,12 +69,15 @@ def score_forward(model: nn.Module, images: list[Tensor], targets: list[dict[str
     Returns
     -------
     ScoringOutput
-        ``losses[i]`` is image i's training loss with torchvision's terms normalised within the image:
-        RetinaNet: focal classification (summed over non-ignored anchors) + box regression (the head's
-        ``_loss_type``), each / max(1, foreground anchors of image i), so their mean over the batch is
-        torchvision's loss; FCOS: focal classification + GIoU + centerness BCE, each / max(1,
-        foreground locations of image i) (torchvision divides by the batch's count), i.e. torchvision's
-        loss on image i alone; Faster R-CNN: RPN objectness + RPN box + RoI classification + RoI box,
+        ``losses[i]`` is image i's training loss, computed by the model's own loss code and so with its
+        loss configuration (``curation_core.engine.one_stage``: ignore regions, BRL, dampened
+        unverified boxes, PISA), with the terms normalised within the image: RetinaNet: classification
+        (focal or BRL, summed over non-ignored anchors) + box regression (the head's ``_loss_type``)
+        [+ CARL], each / max(1, foreground anchors of image i), from one pass over the batch (PISA's
+        ranks and normalisations are the batch's), so their mean over the batch is the model's
+        training loss exactly; FCOS: focal classification + GIoU + centerness BCE, each / max(1,
+        foreground locations of image i) (the training loss divides by the batch's count), i.e. the
+        model's loss on image i alone; Faster R-CNN: RPN objectness + RPN box + RoI classification + RoI box,
         each normalised over image i's sampled anchors / proposals (training proposal budget, gt boxes
         appended). RetinaNet and FCOS are deterministic; Faster R-CNN samples anchors and proposals with
         the torch global RNG (as in training), so seed it with ``torch.manual_seed`` for repeatable
@@ -183,7 +187,10 @@ def _one_stage_scoring(model: FCOS | RetinaNet, batch: ImageList, targets: list[
     per_location = head_outputs["cls_logits"].size(1) // sum(locations)
     per_level = [n * per_location for n in locations]
     per_image = None
-    if targets is not None:
+    if targets is not None and isinstance(model, LossRetinaNet):
+        terms = model.image_loss_terms(head_targets(targets), head_outputs, anchors)
+        per_image = torch.stack([term.float() for term in terms.values()]).sum(dim=0)
+    elif targets is not None:
         per_image = torch.stack([_one_stage_image_loss(model, target, head_outputs, anchors[i], per_level, i)
                                  for i, target in enumerate(targets)])
     found = None
@@ -198,8 +205,7 @@ def _one_stage_image_loss(model: FCOS | RetinaNet, target: dict[str, Tensor], he
                           anchors: Tensor, per_level: list[int], index: int) -> Tensor:
     """Image ``index``'s loss: the model's own ``compute_loss`` (label shift included) on a one-image slice.
 
-    A batch of one makes torchvision's normalisations per image: FCOS divides by the image's foreground
-    count, RetinaNet's average over images is the image itself.
+    A batch of one makes the FCOS normalisation per image: it divides by the image's foreground count.
     """
     outputs = {k: v[index: index + 1] for k, v in head_outputs.items()}
     if isinstance(model, FCOS):
