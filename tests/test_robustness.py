@@ -277,3 +277,35 @@ def test_dvc_stage_runs_the_demo_grid(monkeypatch: pytest.MonkeyPatch) -> None:
     config = load_robustness_config(ROOT / "configs" / "robustness_demo.yaml", context.params["overrides"])
     assert config.base.overrides["schedule.max_iter"] == params["robustness"]["iterations"]
     assert config.seeds == (params["seed"],)
+
+
+def test_a_finished_grid_is_logged_to_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("mlflow")
+    from curation_core.io import write_json_atomic
+    from curation_core.robustness.report import plot_robustness
+    from curation_core.robustness.runner import RobustnessResult
+    from pipelines.tracking import log_robustness, mlflow_client
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cells = _cells({("extreme", "focal", 0): 0.20, ("extreme", "focal", 1): 0.30, ("extreme", "brl", 0): 0.26,
+                    ("extreme", "brl", 1): 0.32})
+    sets = {"extreme": {"dropped_fraction": 0.73}}
+    grid = _grid_file(tmp_path, modes=["extreme"], losses=["focal", "brl"], seeds=[0, 1])
+    out = tmp_path / "out"
+    write_json_atomic(out / "robustness.json", {"cells": cells, "training_sets": sets, "summary": aggregate(cells),
+                                                "brl_minus_focal": paired_differences(cells),
+                                                "config": load_robustness_config(grid).model_dump(mode="json")})
+    (out / "robustness.md").write_text(markdown_report(cells, sets))
+    plot_robustness(cells, sets, out / "robustness.png", modes=["extreme"])
+    result = RobustnessResult([dict(c) for c in cells], 4, {}, out / "robustness.json", out / "robustness.md",
+                              out / "robustness.png")
+    run_id = log_robustness(result, str(grid))
+    client = mlflow_client()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["robustness.losses"] == "focal,brl"
+    assert run.data.metrics["robustness/extreme/focal/none/AP"] == pytest.approx(0.25)
+    assert run.data.metrics["robustness/extreme/brl_minus_focal/none/AP"] == pytest.approx(0.04)
+    assert run.data.metrics["robustness/extreme/dropped_fraction"] == pytest.approx(0.73)
+    assert sorted(a.path for a in client.list_artifacts(run_id, "robustness")) == [
+        "robustness/grid.yaml", "robustness/robustness.json", "robustness/robustness.md", "robustness/robustness.png"]
