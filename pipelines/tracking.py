@@ -379,3 +379,44 @@ def log_robustness(result: Any, config_path: str | os.PathLike[str], *, run_name
         raise
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+# --------------------------------------------------------------------------------------------------
+# Offline curation
+# --------------------------------------------------------------------------------------------------
+
+
+def log_curation_manifest(summary: Any, annotations: str | os.PathLike[str], *, run_name: str | None = None) -> str:
+    """Log a curation manifest (``components.balance.BalanceSummary``) as one run; return its id.
+
+    Params: how the manifest was made (``balance.*``). Metrics: images kept, dropped, repeated and
+    expected per epoch, and per category its repeat factor and annotation share before and after
+    (``balance/<category>/...``). Tags: the data set's DVC hash and the manifest's data-set identity.
+    Artifacts: the manifest, its Markdown report and both figures, under ``curation/``.
+    """
+    client = mlflow_client()
+    manifest = summary.manifest
+    run = client.create_run(experiment_id(client), run_name=run_name or f"balance {Path(summary.manifest_path).stem}")
+    run_id = run.info.run_id
+    try:
+        log_params(client, run_id, {"balance.annotations": str(annotations),
+                                    **{f"balance.{k}": v for k, v in manifest.parameters.items()}})
+        for key, value in {**dataset_tags([annotations]), "curation.images_sha256": manifest.identity}.items():
+            client.set_tag(run_id, key, value)
+        s = manifest.summary
+        metrics = [(metric_key("balance", name), float(s[name]), 0)
+                   for name in ("kept", "dropped", "repeated", "expected_images_per_epoch")]
+        for row in summary.per_category:
+            name = str(row["name"])
+            metrics += [(metric_key("balance", name, "share_before"), row["share_before"], 0),
+                        (metric_key("balance", name, "share_after"), row["share_after"], 0)]
+            if row["r"] is not None:
+                metrics.append((metric_key("balance", name, "repeat_factor"), row["r"], 0))
+        log_metrics(client, run_id, metrics)
+        for path in (summary.manifest_path, summary.report_path, summary.class_figure, summary.weight_figure):
+            client.log_artifact(run_id, str(path), artifact_path="curation")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id

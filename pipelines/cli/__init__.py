@@ -12,6 +12,7 @@ import sys
 import click
 
 from curation_core.errors import CocoValidationError, DetCurateError
+from pipelines.cli import balance as balance_cmds
 from pipelines.cli import curation_report as curation_report_cmds
 from pipelines.cli import data as data_cmds
 from pipelines.cli import demo as demo_cmds
@@ -37,11 +38,13 @@ def cli() -> None:
     Figures:     detcurate report --run NAME=runs/NAME/metrics.json --out FIG.png
     Robustness:  detcurate robustness --config configs/robustness_demo.yaml --out DIR
     Curation:    detcurate curation-report --selections runs/NAME/selections.csv --annotations A.json --out DIR
+    Balancing:   detcurate balance --annotations A.json [--images DIR] [--checkpoint CKPT] --out M.json
     Quality:     detcurate quality --annotations A.json --predictions DT.json --out DIR
     DetGain:     detcurate score --gt GT.json --teacher-dt T.json --student-dt S.json
     """
 
 
+cli.add_command(balance_cmds.balance_cmd)
 cli.add_command(curation_report_cmds.curation_report_cmd)
 cli.add_command(data_cmds.data)
 cli.add_command(demo_cmds.demo_cmd)
