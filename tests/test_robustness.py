@@ -188,6 +188,20 @@ def test_a_killed_grid_resumes_at_the_next_cell_and_never_retrains_a_finished_on
         run_robustness(changed, out)
 
 
+def test_a_half_trained_cell_of_another_recipe_restarts_cleanly(tmp_path: Path) -> None:
+    from curation_core.robustness.runner import run_robustness
+
+    config = load_robustness_config(_grid_file(tmp_path, modes=["normal"]))
+    stale = tmp_path / "out" / "cells" / "normal__focal__none__seed0"
+    stale.mkdir(parents=True)
+    (stale / "cell.json").write_text(json.dumps({"training": {"schedule": {"max_iter": 99}}}))
+    (stale / "checkpoint.pt").write_bytes(b"from another recipe")
+    trained: list[tuple[str, int]] = []
+    result = run_robustness(config, tmp_path / "out", cell_hooks=_recorder(trained))
+    assert trained == [("normal__focal__none__seed0", 0)]
+    assert result.complete and json.loads((stale / "result.json").read_text())["result"]["iterations"] == 3
+
+
 # ----------------------------------------------------------------------------------------------
 # Errors: one line, exit status 2, nothing trained
 

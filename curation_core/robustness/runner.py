@@ -7,7 +7,8 @@ Output folder ``OUT``:
 - ``cells/<mode>__<loss>__<curation>__seed<k>/``: the cell's training folder (``checkpoint.pt``,
   ``config.yaml``, ``metrics.json``), ``cell.json`` (what the cell trains: its spec) and, once it has
   finished and been evaluated, ``result.json`` (written atomically, last).
-- ``robustness.json``, ``robustness.md``, ``robustness.png``: rewritten after every finished cell.
+- ``robustness.json``, ``robustness.md``, ``robustness.png``: rewritten after every finished cell. The
+  JSON's ``timing`` gives each cell's wall-clock and CPU seconds (of its last part, when it was resumed).
 
 Resuming (the same command again): cells with a ``result.json`` are never retrained; an unfinished
 cell continues from its own checkpoint (the engine resumes bit for bit) when its spec is unchanged, and
@@ -238,13 +239,13 @@ def _run_cell(plan: _Plan, cell_hooks: Callable[[Cell], Sequence[Hook]] | None,
 
         selector = partial(build_curator, resolve_uri=resolve_uri)
     hooks = list(cell_hooks(plan.cell)) if cell_hooks is not None else []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trained = train(plan.config, hooks=hooks, resume=True, selector_factory=selector)
     if trained.final_stats is None:  # cannot happen: every cell has a validation set
         raise DataError(f"{plan.config.data.val_annotations}: <file>: the cell {plan.cell.name} was not evaluated")
     named = trained.final_stats.named()
     result = {**plan.cell.key(), **{m: named[m] for m in METRICS}, "iterations": trained.iterations,
-              "seconds": time.perf_counter() - start,
+              "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
               "images_per_s": trained.images_per_s if math.isfinite(trained.images_per_s) else None}
     write_json_atomic(plan.directory / RESULT_NAME, {"result": result, "spec": plan.spec}, indent=2)
     return result
@@ -261,8 +262,8 @@ def _write_outputs(config: RobustnessConfig, out: Path, plans: list[_Plan], fini
         "summary": aggregate(cells),
         "brl_minus_focal": paired_differences(cells),
         "progress": {"cells_done": len(cells), "cells_total": len(plans)},
-        "timing": [{k: r[k] for k in ("mode", "loss", "curation", "seed", "iterations", "seconds", "images_per_s")}
-                   for r in done],
+        "timing": [{k: r.get(k) for k in ("mode", "loss", "curation", "seed", "iterations", "seconds", "cpu_seconds",
+                                          "images_per_s")} for r in done],
         "config": config.model_dump(mode="json"),
     }
     json_path, md_path, png_path = out / JSON_NAME, out / MD_NAME, out / PNG_NAME
