@@ -9,6 +9,7 @@ head's shapes (so every branch is exercised), the anchors the model's own. Refer
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -371,3 +372,64 @@ def test_options_are_validated() -> None:
     options = OneStageLoss.from_config(ModelConfig(detector="retinanet", backbone="nano", loss="brl",
                                                    brl={"t": 0.3}, unverified_weight=0.2))
     assert options == OneStageLoss(loss="brl", brl=BRLParams(t=0.3), unverified_weight=0.2, pisa=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# The data layer carries the flags; a short training run through the real trainer
+
+
+def test_build_target_carries_unverified_flags_like_ignore() -> None:
+    from curation_core.engine.data import build_target
+
+    annotations = [{"id": 1, "category_id": 5, "bbox": [1.0, 2.0, 10.0, 10.0], "unverified": 1},
+                   {"id": 2, "category_id": 5, "bbox": [20.0, 20.0, 10.0, 10.0], "ignore": 1},
+                   {"id": 3, "category_id": 5, "bbox": [30.0, 30.0, 10.0, 10.0], "iscrowd": 1, "unverified": 1},
+                   {"id": 4, "category_id": 5, "bbox": [70.0, 70.0, 10.0, 10.0], "unverified": 1}]  # outside: dropped
+    target = build_target(annotations, {5: 1}, image_id=1, width=64, height=64)
+    assert target["ann_ids"].tolist() == [1, 2]
+    assert target["unverified"].tolist() == [True, False] and target["ignore"].tolist() == [False, True]
+    assert target["unverified"].dtype == torch.bool
+    empty = build_target([], {5: 1}, image_id=2, width=64, height=64)
+    assert empty["unverified"].shape == (0,) and empty["unverified"].dtype == torch.bool
+
+
+def test_coco_validation_rejects_a_bad_unverified_value() -> None:
+    from curation_core.coco import CocoValidationError, dataset_from_dict
+
+    raw = {"images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
+           "categories": [{"id": 5, "name": "square"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [1, 2, 10, 10], "unverified": 2}]}
+    with pytest.raises(CocoValidationError, match=r"'unverified' must be 0 or 1; got 2"):
+        dataset_from_dict(raw, source="f.json")
+    raw["annotations"][0]["unverified"] = 1
+    assert dataset_from_dict(raw, source="f.json").annotations[0]["unverified"] == 1
+
+
+@pytest.mark.slow
+def test_retinanet_trains_with_brl_pisa_and_flagged_boxes(tmp_path: Path) -> None:
+    import json
+
+    from engine_fixtures import tiny_config_dict, with_sections
+
+    from curation_core.engine.config import config_from_dict, load_config
+    from curation_core.engine.hooks import Hook
+    from curation_core.engine.trainer import train
+
+    raw = with_sections(tiny_config_dict(tmp_path, detector="retinanet", max_iter=3, val=False),
+                        model={"loss": "brl", "brl": {"t": 0.5, "weight": 0.1}, "pisa": True, "unverified_weight": 0.5})
+    path = Path(raw["data"]["train_annotations"])
+    coco = json.loads(path.read_text())
+    coco["annotations"][1]["ignore"] = 1
+    coco["annotations"][2]["unverified"] = 1
+    path.write_text(json.dumps(coco))
+    seen: list[dict[str, float]] = []
+
+    class Record(Hook):
+        def after_step(self) -> None:
+            seen.append(dict(self.trainer.last_metrics))
+
+    result = train(config_from_dict(raw), hooks=[Record()])
+    assert result.iterations == 3 and len(seen) == 3
+    assert all(math.isfinite(m[k]) for m in seen for k in ("classification", "bbox_regression", "bbox_carl", "loss"))
+    saved = load_config(result.config_path).model
+    assert saved.loss == "brl" and saved.brl.t == 0.5 and saved.pisa and saved.unverified_weight == 0.5
