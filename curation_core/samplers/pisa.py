@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import box_iou, nms
 
 #: IoU above which a negative joins the group of a higher-scoring one (PISA's Score-HLR, mmdetection's).
 SCORE_HLR_IOU = 0.5
@@ -117,16 +117,23 @@ def nms_groups(boxes: Tensor, scores: Tensor, images: Tensor, iou_threshold: flo
     ``nms_match``). Boxes of different ``images`` never overlap. Shapes: boxes (n, 4) xyxy, scores (n,),
     images (n,); returns (n,) int64 indices into the input.
     """
+    out = torch.arange(len(boxes), device=boxes.device)
+    for image in torch.unique(images):  # one image at a time: the IoU matrix is per image
+        members = torch.where(images == image)[0]
+        out[members] = members[_nms_groups_one_image(boxes[members], scores[members], iou_threshold)]
+    return out
+
+
+def _nms_groups_one_image(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     n = len(boxes)
     order = torch.sort(scores, descending=True, stable=True).indices
-    sorted_boxes, sorted_images = boxes[order], images[order]
-    # Kept boxes by torchvision's NMS (per image), as positions in the sorted order.
+    sorted_boxes = boxes[order]
+    # Kept boxes by torchvision's NMS, as positions in the sorted order.
     kept_mask = torch.zeros(n, dtype=torch.bool, device=boxes.device)
-    kept_mask[batched_nms(sorted_boxes, scores[order], sorted_images, iou_threshold)] = True
+    kept_mask[nms(sorted_boxes, scores[order], iou_threshold)] = True
     kept = torch.where(kept_mask)[0]
-    # Box j is suppressed by the first kept box i before it (i < j) with IoU > threshold, same image.
+    # Box j is suppressed by the first kept box i before it (i < j) with IoU > threshold.
     overlap = box_iou(sorted_boxes[kept], sorted_boxes) > iou_threshold
-    overlap &= sorted_images[kept][:, None] == sorted_images[None, :]
     overlap &= kept[:, None] < torch.arange(n, device=boxes.device)[None, :]
     has_leader = overlap.any(dim=0) & ~kept_mask
     first = overlap.to(torch.int8).argmax(dim=0)  # first True row (kept boxes are in score order)
