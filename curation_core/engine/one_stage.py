@@ -98,7 +98,7 @@ class OneStageLoss:
         """The loss settings of a validated ``model`` section (a one-stage detector)."""
         brl = BRLParams(**config.brl.model_dump())
         return cls(loss=config.loss or "focal", brl=brl, unverified_weight=config.unverified_weight,
-                   pisa=bool(getattr(config, "pisa", False)))
+                   pisa=config.pisa)
 
 
 def box_losses(loss_type: str, box_coder: BoxCoder, anchors: Tensor, gt_boxes: Tensor, deltas: Tensor) -> Tensor:

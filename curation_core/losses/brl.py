@@ -133,12 +133,9 @@ def recalibrated_negative_loss(logits: Tensor, *, t: float, alpha: float = FOCAL
     -------
     Tensor of the shape of ``logits``, >= 0, unweighted (``weight`` is applied by the caller).
     """
-    zeros = torch.zeros_like(logits)
-    negative = sigmoid_focal_loss(logits, zeros, alpha=alpha, gamma=gamma)
-    if t <= 0.0:
-        return negative
-    mirrored = sigmoid_focal_loss(logits, torch.ones_like(logits), alpha=1.0 - alpha, gamma=gamma)
-    return torch.where(torch.sigmoid(logits) > 1.0 - t, mirrored, negative)
+    negative = sigmoid_focal_loss(logits, torch.zeros_like(logits), alpha=alpha, gamma=gamma)
+    return _mirror(negative, logits, torch.ones_like(logits, dtype=torch.bool), t=t, scale=1.0, alpha=alpha,
+                   gamma=gamma)
 
 
 def background_recalibration_loss(logits: Tensor, targets: Tensor, confusion: Tensor, *, t: float, weight: float,
@@ -170,6 +167,24 @@ def background_recalibration_loss(logits: Tensor, targets: Tensor, confusion: Te
         row = int(torch.where(confusion & (targets != 0).any(dim=1))[0][0])
         raise ValueError(f"background_recalibration_loss(confusion=) marks anchor {row}, which has a positive target; "
                          f"confusion anchors are background.")
+    # On confusion rows (all targets 0) the focal loss is the negative branch: scale it by the weight,
+    # then replace the elements above 1 - t by the mirrored branch (computed there only: few elements).
     focal = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma)
-    recalibrated = weight * recalibrated_negative_loss(logits, t=t, alpha=alpha, gamma=gamma)
-    return torch.where(confusion[:, None], recalibrated, focal)
+    scale = torch.ones(confusion.shape, dtype=focal.dtype, device=focal.device).masked_fill(confusion, weight)
+    return _mirror(focal * scale[:, None], logits, confusion[:, None].expand_as(logits), t=t, scale=weight,
+                   alpha=alpha, gamma=gamma)
+
+
+def _mirror(loss: Tensor, logits: Tensor, rows: Tensor, *, t: float, scale: float, alpha: float,
+            gamma: float) -> Tensor:
+    """``loss`` with ``scale`` x the mirrored branch where ``rows`` and ``sigmoid(logits) > 1 - t``."""
+    if t <= 0.0:  # never mirrored: the input as it is (so t = 0 is the focal loss exactly)
+        return loss
+    mirror = rows & (torch.sigmoid(logits) > 1.0 - t)
+    if not bool(mirror.any()):
+        return loss
+    picked = logits[mirror]
+    mirrored = sigmoid_focal_loss(picked, torch.ones_like(picked), alpha=1.0 - alpha, gamma=gamma)
+    out = loss.clone()
+    out[mirror] = scale * mirrored
+    return out
