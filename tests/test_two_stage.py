@@ -164,6 +164,15 @@ def test_pisa_keeps_the_classification_total_and_adds_carl() -> None:
     assert pisa["loss_carl"] > 0 and "loss_carl" not in plain
 
 
+@pytest.mark.parametrize("parts", [("isr_p",), ("isr_n",), ("carl",), ("isr_p", "isr_n")])
+def test_pisa_parts_switch_their_terms(parts: tuple[str, ...]) -> None:
+    images, targets = _batch()
+    plain = _losses(_model(), images, targets)
+    some = _losses(_model(pisa=True, pisa_parts=parts), images, targets)
+    assert ("loss_carl" in some) == ("carl" in parts)
+    assert some["loss_classifier"] == pytest.approx(plain["loss_classifier"], rel=1e-5)  # ISR keeps the total
+
+
 def test_carl_reaches_the_classifier_through_the_trainer_s_loss() -> None:
     model = _model(pisa=True).train()
     images, targets = _batch()
@@ -201,6 +210,10 @@ def test_per_image_loss_of_a_batch_of_one_is_the_training_loss(options: dict[str
     ({"sampler": "libra", "libra": {"nbins": 3}}, "model.libra.nbins: unknown field; valid fields: bins, floor_thr"),
     ({"detector": "fcos", "pisa": True}, "pisa applies to faster_rcnn and retinanet"),
     ({"pisa": "yes"}, "model.pisa: Input should be a valid boolean"),
+    ({"pisa_parts": ["carl"]}, "pisa_parts selects parts of faster_rcnn's PISA and needs pisa: true"),
+    ({"pisa": True, "pisa_parts": ["carl", "ohem"]}, "valid choices: isr_p, isr_n, carl"),
+    ({"pisa": True, "pisa_parts": []}, "pisa_parts must list distinct parts"),
+    ({"detector": "retinanet", "pisa": True, "pisa_parts": ["carl"]}, "retinanet's PISA is ISR-P and CARL together"),
 ])
 def test_bad_sampling_configs_are_one_line_errors(tmp_path: Path, model: dict[str, object], message: str) -> None:
     raw = with_sections(tiny_config_dict(tmp_path, val=False, detector="faster_rcnn"), model=model)

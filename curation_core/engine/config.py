@@ -47,6 +47,9 @@ class _Section(BaseModel):
 #: Valid ``model.loss`` values: the classification loss of the one-stage detectors.
 LossName = Literal["focal", "brl"]
 ONE_STAGE_DETECTORS = ("fcos", "retinanet")
+#: Parts of PISA (arXiv 1904.04821): reweighting of positives, of negatives, classification-aware regression.
+PisaPart = Literal["isr_p", "isr_n", "carl"]
+PISA_PARTS: tuple[PisaPart, ...] = ("isr_p", "isr_n", "carl")
 #: Default loss weight of anchors assigned to boxes flagged ``unverified`` (dampened loss).
 UNVERIFIED_WEIGHT = 0.5
 
@@ -136,6 +139,8 @@ class ModelConfig(_Section):
         "random", description="faster_rcnn RoI-head sampler: random (torchvision's) or libra (Libra R-CNN)")
     libra: LibraConfig = Field(LibraConfig(), description="sampler libra: IoU bins, floor, positives (see LibraConfig)")
     pisa: Bool = Field(False, description="PISA: ISR-P, ISR-N and CARL (faster_rcnn), ISR-P and CARL (retinanet)")
+    pisa_parts: tuple[PisaPart, ...] = Field(
+        PISA_PARTS, description="faster_rcnn with pisa: the parts used (ablations), of isr_p, isr_n, carl")
 
     @model_validator(mode="before")
     @classmethod
@@ -163,6 +168,12 @@ class ModelConfig(_Section):
             raise ValueError("libra applies to sampler 'libra' only; set sampler: libra or leave libra at its defaults")
         if self.pisa and self.detector not in ("faster_rcnn", "retinanet"):
             raise ValueError(f"pisa applies to faster_rcnn and retinanet; got detector {self.detector}")
+        if set(self.pisa_parts) != set(PISA_PARTS) and (not self.pisa or self.detector != "faster_rcnn"):
+            raise ValueError(f"pisa_parts selects parts of faster_rcnn's PISA and needs pisa: true (retinanet's "
+                             f"PISA is ISR-P and CARL together); got {list(self.pisa_parts)} with pisa {self.pisa} "
+                             f"and detector {self.detector}")
+        if not self.pisa_parts or len(set(self.pisa_parts)) != len(self.pisa_parts):
+            raise ValueError(f"pisa_parts must list distinct parts of {', '.join(PISA_PARTS)}; got {list(self.pisa_parts)}")
         if self.max_size < self.min_size:
             raise ValueError(f"max_size ({self.max_size}) must be >= min_size ({self.min_size})")
         if self.head_convs is not None and self.detector == "faster_rcnn":

@@ -223,11 +223,12 @@ def _build_faster_rcnn(config: ModelConfig, num_categories: int) -> nn.Module:
 
 
 def roi_sampling(config: ModelConfig) -> RoISampling:
-    """``model.sampler``, ``model.libra`` and ``model.pisa`` as the RoI heads' sampling options."""
+    """``model.sampler``, ``model.libra``, ``model.pisa`` and its parts as the RoI heads' sampling options."""
     libra = config.libra
     return RoISampling(sampler=config.sampler, num_bins=libra.bins, floor_thr=libra.floor_thr,
                        floor_fraction=libra.floor_fraction, bin_range=libra.bin_range,
-                       balanced_positives=libra.balanced_positives, pisa=config.pisa)
+                       balanced_positives=libra.balanced_positives, pisa=config.pisa,
+                       pisa_parts=frozenset(config.pisa_parts))
 
 
 def _roi_pool(levels: Levels) -> MultiScaleRoIAlign:

@@ -15,7 +15,7 @@ by the thin subclasses here (same submodules, same state dict; inference is torc
   ``torch.Generator`` seeded from the global RNG (checkpointed by the trainer, so resuming is exact).
   With ``pisa`` the training branch of ``forward`` computes ``roi_losses`` instead of torchvision's
   ``fastrcnn_loss`` (which takes no weights): ISR-P and ISR-N on the classification loss and CARL
-  as an extra ``loss_carl`` term.
+  as an extra ``loss_carl`` term (``pisa_parts`` selects a subset, for ablations).
 
 ``roi_losses`` is also what ``losses.per_image_rcnn`` evaluates on each image's slice, so per-image
 losses follow the same configuration: ignore regions and the sampler apply as in training; ISR
@@ -58,6 +58,7 @@ class RoISampling:
     bin_range: BinRange = "negatives"
     balanced_positives: bool = True
     pisa: bool = False
+    pisa_parts: frozenset[str] = frozenset({"isr_p", "isr_n", "carl"})
 
 
 @dataclass(frozen=True)
@@ -225,23 +226,29 @@ def roi_losses(heads: SampledRoIHeads, class_logits: Tensor, box_regression: Ten
     smooth_l1 = F.smooth_l1_loss(deltas, targets[positive], beta=ROI_SMOOTH_L1_BETA, reduction="none").sum(dim=1)
     if not heads.sampling.pisa:
         return {"loss_classifier": cross_entropy.sum() / n, "loss_box_reg": smooth_l1.sum() / n}
-    weights = _isr(heads, class_logits.detach(), box_regression.detach(), labels, cross_entropy.detach(), samples)
-    probability = class_logits.softmax(dim=-1)[positive, labels[positive]]
-    return {"loss_classifier": (weights * cross_entropy).sum() / n, "loss_box_reg": smooth_l1.sum() / n,
-            "loss_carl": carl_loss(probability, smooth_l1, normalizer=float(n))}
+    parts = heads.sampling.pisa_parts
+    weights = _isr(heads, class_logits.detach(), box_regression.detach(), labels, cross_entropy.detach(), samples,
+                   positives="isr_p" in parts, negatives="isr_n" in parts)
+    terms = {"loss_classifier": (weights * cross_entropy).sum() / n, "loss_box_reg": smooth_l1.sum() / n}
+    if "carl" in parts:
+        probability = class_logits.softmax(dim=-1)[positive, labels[positive]]
+        terms["loss_carl"] = carl_loss(probability, smooth_l1, normalizer=float(n))
+    return terms
 
 
 def _isr(heads: SampledRoIHeads, class_logits: Tensor, box_regression: Tensor, labels: Tensor,
-         cross_entropy: Tensor, samples: RoISamples) -> Tensor:
-    """(n,) ISR weights: IoU-HLR ranks for positives, Score-HLR ranks for negatives (detached inputs)."""
+         cross_entropy: Tensor, samples: RoISamples, *, positives: bool, negatives: bool) -> Tensor:
+    """(n,) ISR weights: IoU-HLR ranks for positives, Score-HLR ranks for negatives (detached inputs);
+    1 for the samples of a part that is off."""
     weights = torch.ones_like(cross_entropy, dtype=torch.float32)
-    if len(labels) == 0:
+    if len(labels) == 0 or not (positives or negatives):
         return weights
     counts = [len(p) for p in samples.proposals]
     predicted = heads.box_coder.decode(box_regression, samples.proposals).reshape(len(labels), -1, 4)
     images = torch.repeat_interleave(torch.arange(len(counts), device=labels.device),
                                      torch.tensor(counts, device=labels.device))
-    positive, negative = torch.where(labels > 0)[0], torch.where(labels == 0)[0]
+    positive = torch.where(labels > 0)[0] if positives else labels[:0]
+    negative = torch.where(labels == 0)[0] if negatives else labels[:0]
     if len(positive):
         boxes = predicted[positive, labels[positive]]
         ious = _paired_iou(boxes, torch.cat(samples.gt_boxes)[positive])
