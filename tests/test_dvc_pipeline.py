@@ -23,7 +23,7 @@ from curation_core.engine.config import load_config  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STAGES = {"synth", "train_teacher", "train_student", "train_student_detgain", "evaluate@teacher", "evaluate@student",
-          "evaluate@student_detgain", "report", "robustness"}
+          "evaluate@student_detgain", "report", "robustness", "balance"}
 TRAININGS = ("train_teacher", "train_student", "train_student_detgain")
 MODELS = ("teacher", "student", "student_detgain")
 #: stage -> the stages it depends on
@@ -37,6 +37,7 @@ UPSTREAM = {
     "evaluate@student_detgain": {"train_student_detgain", "synth"},
     "report": {"train_teacher", "train_student", "train_student_detgain"},
     "robustness": {"synth"},
+    "balance": {"synth", "train_teacher"},
 }
 
 
