@@ -188,7 +188,7 @@ def test_a_killed_grid_resumes_at_the_next_cell_and_never_retrains_a_finished_on
         run_robustness(changed, out)
 
 
-def test_a_half_trained_cell_of_another_recipe_restarts_cleanly(tmp_path: Path) -> None:
+def test_a_half_trained_cell_of_another_recipe_or_a_refused_checkpoint_restarts_cleanly(tmp_path: Path) -> None:
     from curation_core.robustness.runner import run_robustness
 
     config = load_robustness_config(_grid_file(tmp_path, modes=["normal"]))
@@ -200,6 +200,12 @@ def test_a_half_trained_cell_of_another_recipe_restarts_cleanly(tmp_path: Path) 
     result = run_robustness(config, tmp_path / "out", cell_hooks=_recorder(trained))
     assert trained == [("normal__focal__none__seed0", 0)]
     assert result.complete and json.loads((stale / "result.json").read_text())["result"]["iterations"] == 3
+    # same recipe, but a checkpoint the engine refuses (corrupt, or of another engine version): restart too
+    (stale / "result.json").unlink()
+    (stale / "checkpoint.pt").write_bytes(b"truncated")
+    trained.clear()
+    assert run_robustness(config, tmp_path / "out", cell_hooks=_recorder(trained)).complete
+    assert trained == [("normal__focal__none__seed0", 0)]
 
 
 # ----------------------------------------------------------------------------------------------

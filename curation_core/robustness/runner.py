@@ -12,7 +12,8 @@ Output folder ``OUT``:
 
 Resuming (the same command again): cells with a ``result.json`` are never retrained; an unfinished
 cell continues from its own checkpoint (the engine resumes bit for bit) when its spec is unchanged, and
-restarts cleanly otherwise. A finished cell whose spec differs from what the configuration now asks
+restarts cleanly otherwise (also when the engine refuses its checkpoint: corrupt, or written by an engine
+version with other model fields). A finished cell whose spec differs from what the configuration now asks
 (another recipe, another corrupted set) is a ``ConfigError`` before any training: its result would no
 longer belong to the grid. The spec is the cell's training config without fields equal to their
 defaults (so that a new engine field with a default keeps old cells valid; ``model.loss: focal`` counts as
@@ -36,10 +37,11 @@ from typing import Any
 
 from curation_core.coco import CocoDataset, load_coco
 from curation_core.corrupt import corrupt_annotations
+from curation_core.engine.checkpoint import CHECKPOINT_NAME
 from curation_core.engine.config import TrainConfig
 from curation_core.engine.hooks import Hook
 from curation_core.engine.trainer import train
-from curation_core.errors import ConfigError, DataError
+from curation_core.errors import CheckpointError, ConfigError, DataError
 from curation_core.io import atomic_write, write_json_atomic
 from curation_core.progress import ProgressFn, track
 from curation_core.robustness.config import (
@@ -240,7 +242,17 @@ def _run_cell(plan: _Plan, cell_hooks: Callable[[Cell], Sequence[Hook]] | None,
         selector = partial(build_curator, resolve_uri=resolve_uri)
     hooks = list(cell_hooks(plan.cell)) if cell_hooks is not None else []
     start, cpu_start = time.perf_counter(), time.process_time()
-    trained = train(plan.config, hooks=hooks, resume=True, selector_factory=selector)
+    try:
+        trained = train(plan.config, hooks=hooks, resume=True, selector_factory=selector)
+    except CheckpointError as error:
+        own = plan.directory / CHECKPOINT_NAME
+        if not own.is_file() or str(own) not in str(error):
+            raise
+        # The cell's own checkpoint is corrupt or was written by another engine version: restart it.
+        shutil.rmtree(plan.directory)
+        write_json_atomic(spec_path, plan.spec, indent=2)
+        hooks = list(cell_hooks(plan.cell)) if cell_hooks is not None else []
+        trained = train(plan.config, hooks=hooks, resume=True, selector_factory=selector)
     if trained.final_stats is None:  # cannot happen: every cell has a validation set
         raise DataError(f"{plan.config.data.val_annotations}: <file>: the cell {plan.cell.name} was not evaluated")
     named = trained.final_stats.named()

@@ -111,7 +111,10 @@ def robustness_cmd(config_path: Path, out_dir: Path, overrides: tuple[str, ...],
                                  progress=display.cells, cell_hooks=display.hooks, on_cell=display.finished,
                                  resolve_uri=resolve_uri)
     except TrainingInterrupted as stop:
-        click.echo(f"detcurate robustness: {stop}; run the same command again to resume the grid", err=True)
+        cause = f"signal {stop.signum}" if stop.signum else "a stop request"
+        click.echo(f"detcurate robustness: stopped by {cause} at iteration {stop.iteration}/{stop.max_iter} of the cell "
+                   f"in {stop.checkpoint.parent} (checkpoint written); run the same command again to resume the grid",
+                   err=True)
         sys.exit(stop.exit_code)
     ui.stdout.print(result.markdown_path.read_text(encoding="utf-8"))
     ui.stdout.print(f"wrote {result.json_path}, {result.markdown_path} and {result.plot_path}"
