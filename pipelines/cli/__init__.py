@@ -17,6 +17,8 @@ from pipelines.cli import curation_report as curation_report_cmds
 from pipelines.cli import data as data_cmds
 from pipelines.cli import demo as demo_cmds
 from pipelines.cli import evaluate as evaluate_cmds
+from pipelines.cli import models as models_cmds
+from pipelines.cli import pipeline as pipeline_cmds
 from pipelines.cli import quality as quality_cmds
 from pipelines.cli import report as report_cmds
 from pipelines.cli import robustness as robustness_cmds
@@ -31,6 +33,7 @@ def cli() -> None:
 
     \b
     Demo:        detcurate demo   (the whole pipeline on the built-in synthetic data)
+    Pipeline:    detcurate pipeline run --runner dvc|kfp-local|airflow --profile smoke|demo|full | compile | submit
     Data:        detcurate data synth | validate | corrupt
     Evaluation:  detcurate eval --gt GT.json --dt DT.json   (a predictions file)
                 detcurate evaluate --checkpoint CKPT --annotations A.json --images DIR   (a trained model)
@@ -49,6 +52,8 @@ cli.add_command(curation_report_cmds.curation_report_cmd)
 cli.add_command(data_cmds.data)
 cli.add_command(demo_cmds.demo_cmd)
 cli.add_command(evaluate_cmds.eval_cmd)
+cli.add_command(models_cmds.models_cmd)
+cli.add_command(pipeline_cmds.pipeline)
 cli.add_command(quality_cmds.quality_cmd)
 cli.add_command(report_cmds.report_cmd)
 cli.add_command(robustness_cmds.robustness_cmd)

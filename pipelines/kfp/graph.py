@@ -1,0 +1,233 @@
+"""The pipeline as a Kubeflow Pipelines graph: lightweight Python components, one per step.
+
+Every component runs in the project's image (``KfpOptions.image``: the containers build it) and calls
+one function of ``pipelines.steps``, as the DVC stages and the Airflow tasks do; so the component
+bodies hold no step logic. Artifacts are typed: the data set is a ``Dataset``, each trained model a
+``Model`` (with its COCO statistics as ``Metrics``), each evaluation an ``Artifact`` plus ``Metrics``,
+and the report ``Markdown``, ``Metrics`` and an ``Artifact`` folder (metrics.json, report.md, figure).
+
+Every step's parameters are pipeline parameters (defaults: the profile compiled in; JSON strings, since
+KFP's dict parameters turn integers into floats); training steps
+request GPUs, CPU and memory, are retried and never cached; the deterministic steps (data, report) are
+cached (evaluation is not: it logs and registers in MLflow). Node selectors, tolerations and a PVC
+(``KfpOptions.pvc_name``, mounted on every task) come from kfp-kubernetes. An exit handler records the run's final state in
+MLflow (``pipelines.tracking.record_pipeline_status``).
+"""
+
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from kfp import dsl, kubernetes
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+from pipelines.profiles import MODELS
+
+PIPELINE_NAME = "detcurate"
+
+
+@dataclass(frozen=True)
+class KfpOptions:
+    """Compile-time settings of the graph (what a cluster needs; the runtime parameters are separate).
+
+    Parameters
+    ----------
+    image : container image of every component (the project installed in it, kfp included).
+    gpus : GPUs per training step (0: CPU-only training); ``gpu_type`` is the resource name.
+    train_cpu, train_memory, cpu, memory : requests of the training steps and of the other steps.
+    node_selector : label -> value, for the training steps (e.g. a GPU node pool).
+    tolerations : kfp-kubernetes ``add_toleration`` keyword sets, for the training steps.
+    retries : retries of a training step.
+    pvc_name, pvc_mount : an existing PersistentVolumeClaim mounted on every task at ``pvc_mount``
+        (kfp-kubernetes), e.g. the volume behind a ``pipeline_root`` of ``file://`` URIs or a shared
+        data folder; empty ``pvc_name``: no volume.
+    pipeline_root : where artifacts go (empty: the Kubeflow installation's default object store).
+    """
+
+    image: str = "detcurate:latest"
+    gpus: int = 1
+    gpu_type: str = "nvidia.com/gpu"
+    train_cpu: str = "4"
+    train_memory: str = "16G"
+    cpu: str = "1"
+    memory: str = "4G"
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ({"key": "nvidia.com/gpu", "operator": "Exists",
+                                                "effect": "NoSchedule"},)
+    retries: int = 2
+    pvc_name: str = ""
+    pvc_mount: str = "/detcurate"
+    pipeline_root: str = ""
+
+
+def build_components(image: str) -> dict[str, Any]:
+    """The components of the graph, each running in ``image``."""
+
+    @dsl.component(base_image=image)
+    def data(data_params: str, profile: str, seed: int, register_prefix: str, data_rev: str,
+             dataset: Output[Dataset]):
+        """Synthesise or ingest the data set (``pipelines.steps.data_step``)."""
+        import json
+
+        from pipelines.steps import data_step
+
+        params = {"profile": profile, "seed": seed, "register_prefix": register_prefix, "data": json.loads(data_params)}
+        dataset.metadata.update(data_step(params, dataset.path, data_rev=data_rev or None))
+
+    @dsl.component(base_image=image)
+    def train(model_name: str, config: str, profile: str, seed: int, register_prefix: str, data_rev: str,
+              track: bool, pipeline_run: str, dataset: Input[Dataset], model: Output[Model],
+              metrics: Output[Metrics]):
+        """Train one model from scratch (``pipelines.steps.train_step``)."""
+        import json
+
+        from pipelines.steps import run_tags, train_step
+
+        params = {"profile": profile, "seed": seed, "register_prefix": register_prefix, model_name: json.loads(config)}
+        result = train_step(model_name, params, model.path, data_dir=dataset.path, track=track,
+                            tags=run_tags(params, pipeline_run=pipeline_run, data_rev=data_rev or None))
+        for key, value in (result["final"] or {}).items():
+            metrics.log_metric(key, value)
+        model.metadata.update({"iterations": result["iterations"], "model": model_name})
+
+    @dsl.component(base_image=image)
+    def train_curated(model_name: str, config: str, profile: str, seed: int, register_prefix: str, data_rev: str,
+                      track: bool, pipeline_run: str, dataset: Input[Dataset], teacher: Input[Model],
+                      model: Output[Model], metrics: Output[Metrics]):
+        """Train the student on batches the teacher curates online (``pipelines.steps.train_step``)."""
+        import json
+
+        from pipelines.steps import run_tags, train_step
+
+        params = {"profile": profile, "seed": seed, "register_prefix": register_prefix, model_name: json.loads(config)}
+        result = train_step(model_name, params, model.path, data_dir=dataset.path, teacher_dir=teacher.path,
+                            track=track, tags=run_tags(params, pipeline_run=pipeline_run, data_rev=data_rev or None))
+        for key, value in (result["final"] or {}).items():
+            metrics.log_metric(key, value)
+        model.metadata.update({"iterations": result["iterations"], "model": model_name})
+
+    @dsl.component(base_image=image)
+    def evaluate(model_name: str, profile: str, seed: int, register_prefix: str, data_rev: str, track: bool,
+                 pipeline_run: str, dataset: Input[Dataset], model: Input[Model], evaluation: Output[Artifact],
+                 metrics: Output[Metrics]):
+        """Evaluate on the validation set, log to MLflow and register (``pipelines.steps.evaluate_step``)."""
+        from pipelines.steps import evaluate_step, run_tags
+
+        params = {"profile": profile, "seed": seed, "register_prefix": register_prefix}
+        report = evaluate_step(model_name, params, model.path, dataset.path, evaluation.path, track=track,
+                               tags=run_tags(params, pipeline_run=pipeline_run, data_rev=data_rev or None))
+        for key, value in zip(report["names"], report["stats"], strict=True):
+            metrics.log_metric(key, value)
+
+    @dsl.component(base_image=image)
+    def report(profile: str, seed: int, data_rev: str, publish_dir: str, dataset: Input[Dataset],
+               teacher_eval: Input[Artifact], student_eval: Input[Artifact], student_curated_eval: Input[Artifact],
+               teacher_model: Input[Model], student_model: Input[Model], student_curated_model: Input[Model],
+               report_dir: Output[Artifact], markdown: Output[Markdown], metrics: Output[Metrics]):
+        """The run's report (``pipelines.steps.report_step``); ``publish_dir``: also copied there."""
+        import shutil
+        from pathlib import Path
+
+        from pipelines.steps import report_step
+
+        evals = {"teacher": teacher_eval, "student": student_eval, "student_curated": student_curated_eval}
+        models = {"teacher": teacher_model, "student": student_model, "student_curated": student_curated_model}
+        content = report_step({"profile": profile, "seed": seed}, {m: Path(a.path) / "eval.json" for m, a in evals.items()},
+                              {m: Path(a.path) / "metrics.json" for m, a in models.items()}, report_dir.path,
+                              data_dir=dataset.path, data_rev=data_rev or None)
+        shutil.copyfile(Path(report_dir.path) / "report.md", markdown.path)
+        for name, entry in content["models"].items():
+            metrics.log_metric(f"{name}/AP", entry["named"]["AP"])
+            metrics.log_metric(f"{name}/AP50", entry["named"]["AP50"])
+        if publish_dir:
+            shutil.copytree(report_dir.path, Path(publish_dir) / "report", dirs_exist_ok=True)
+
+    @dsl.component(base_image=image)
+    def record_status(pipeline_run: str, profile: str, seed: int, data_rev: str, track: bool,
+                      status: dsl.PipelineTaskFinalStatus):
+        """Exit handler: the run's final state in MLflow (``pipelines.steps.record_status``)."""
+        from pipelines.steps import record_status as record
+        from pipelines.steps import run_tags
+
+        tags = run_tags({"profile": profile, "seed": seed}, data_rev=data_rev or None)
+        tags["detcurate.kfp_job"] = status.pipeline_job_resource_name
+        record(pipeline_run or status.pipeline_job_resource_name, status.state, tags=tags,
+               message=str(status.error_message or ""), track=track)
+
+    return {"data": data, "train": train, "train_curated": train_curated, "evaluate": evaluate, "report": report,
+            "record_status": record_status}
+
+
+def build_pipeline(params: dict[str, Any], options: KfpOptions | None = None) -> Any:
+    """The pipeline function for the parameters ``params`` of ``pipelines.profiles.pipeline_params``
+    (the defaults of its pipeline parameters) and ``options``."""
+    opts = options or KfpOptions()
+    ops = build_components(opts.image)
+
+    @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=opts.pipeline_root or None,
+                  description="DetCurate: data, teacher, plain and curated student, evaluation and registration, report")
+    def detcurate(data_params: str = _json(params["data"]), teacher_config: str = _json(params["teacher"]),
+                  student_config: str = _json(params["student"]),
+                  student_curated_config: str = _json(params["student_curated"]),
+                  profile: str = params["profile"], seed: int = params["seed"],
+                  register_prefix: str = params["register_prefix"], data_rev: str = "", track: bool = True,
+                  pipeline_run: str = "", publish_dir: str = ""):
+        common = {"profile": profile, "seed": seed, "data_rev": data_rev}
+        tracked = {**common, "register_prefix": register_prefix, "track": track, "pipeline_run": pipeline_run}
+        exit_task = ops["record_status"](pipeline_run=pipeline_run, profile=profile, seed=seed, data_rev=data_rev,
+                                         track=track)
+        _light(exit_task, opts, cache=False)
+        with dsl.ExitHandler(exit_task, name="detcurate-run"):
+            data = ops["data"](data_params=data_params, register_prefix=register_prefix, **common)
+            _light(data, opts, cache=True).set_display_name("data")
+            configs = {"teacher": teacher_config, "student": student_config, "student_curated": student_curated_config}
+            models: dict[str, Any] = {}
+            for name in MODELS:
+                kwargs = {"model_name": name, "config": configs[name], "dataset": data.outputs["dataset"], **tracked}
+                task = (ops["train_curated"](teacher=models["teacher"].outputs["model"], **kwargs)
+                        if name == "student_curated" else ops["train"](**kwargs))
+                models[name] = _training(task, opts).set_display_name(f"train {name}")
+            evals = {}
+            for name in MODELS:
+                task = ops["evaluate"](model_name=name, dataset=data.outputs["dataset"],
+                                       model=models[name].outputs["model"], **tracked)
+                evals[name] = _light(task, opts, cache=False).set_display_name(f"evaluate {name}")
+            final = ops["report"](publish_dir=publish_dir, dataset=data.outputs["dataset"],
+                                  **{f"{m}_eval": evals[m].outputs["evaluation"] for m in MODELS},
+                                  **{f"{m}_model": models[m].outputs["model"] for m in MODELS}, **common)
+            _light(final, opts, cache=True).set_display_name("report")
+
+    return detcurate
+
+
+def _json(value: Any) -> str:
+    """A step's parameters as a JSON string: KFP's dict parameters are protobuf Structs, whose numbers
+    all come back as floats (``train: 96`` -> ``96.0``), which the strict configs refuse."""
+    return json.dumps(value, sort_keys=True)
+
+
+def _training(task: Any, opts: KfpOptions) -> Any:
+    task.set_cpu_request(opts.train_cpu).set_memory_request(opts.train_memory)
+    if opts.gpus:
+        task.set_accelerator_type(opts.gpu_type).set_accelerator_limit(opts.gpus)
+    task.set_retry(num_retries=opts.retries, backoff_duration="60s", backoff_factor=2.0)
+    task.set_caching_options(False)  # GPU training is not bitwise deterministic: never reuse a result
+    for key, value in opts.node_selector.items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    for toleration in opts.tolerations:
+        kubernetes.add_toleration(task, **toleration)
+    _mount(task, opts)
+    return task
+
+
+def _light(task: Any, opts: KfpOptions, *, cache: bool) -> Any:
+    task.set_cpu_request(opts.cpu).set_memory_request(opts.memory)
+    task.set_caching_options(cache)
+    _mount(task, opts)
+    return task
+
+
+def _mount(task: Any, opts: KfpOptions) -> None:
+    if opts.pvc_name:
+        kubernetes.mount_pvc(task, pvc_name=opts.pvc_name, mount_path=opts.pvc_mount)
