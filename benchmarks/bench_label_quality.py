@@ -29,6 +29,9 @@ What is ranked for each kind (positives = the corrupted records):
   the two for spurious boxes, which it has no subtype for);
 - any: images by each method's overall image score (positive: any corrupted record in the image).
 
+A third row, ``cleanlab-calibrated``, runs cleanlab on the same predictions with each score replaced
+by our calibrated confidence ``q``: it separates what calibration alone gives from the scores' rules.
+
 Metrics: AUROC (Mann-Whitney, ties counted half) and precision at the top k (k = 10, 50 and the
 number of positives). Results: ``benchmarks/results/label_quality.json`` and ``label_quality.md``.
 """
@@ -295,6 +298,9 @@ def _iou_xywh(a: list[float], b: list[float]) -> float:
 def evaluate(clean: Any, corrupted: Any, kinds: dict[str, list[int]], detections: list[dict[str, Any]]) -> list[dict]:
     """Rows ``{unit, kind, method, auroc, p@k...}`` for both methods."""
     ours, theirs = ours_scores(corrupted, detections), cleanlab_scores(corrupted, detections)
+    # cleanlab on the calibrated confidences instead of the raw scores: is the difference only calibration?
+    calibrated = [dict(d, score=float(q)) for d, q in zip(detections, ours["report"].prediction_confidence, strict=True)]
+    theirs_cal = cleanlab_scores(corrupted, calibrated)
     image_ids = [img["id"] for img in corrupted.images]
     removed = {i for i in kinds["missing"]}
     clean_ann = {a["id"]: a for a in clean.annotations}
@@ -311,6 +317,7 @@ def evaluate(clean: Any, corrupted: Any, kinds: dict[str, list[int]], detections
         pos = np.asarray([i in removed_by_image for i in image_ids])
         add("image", "missing", "detcurate", ours["missing_image"], pos)
         add("image", "missing", "cleanlab", theirs["missing_image"], pos)
+        add("image", "missing", "cleanlab-calibrated", theirs_cal["missing_image"], pos)
         # predicted boxes, in cleanlab's order (image, then class): a true missing box = same class, IoU >= 0.5
         column = {cid: j for j, cid in enumerate(corrupted.category_ids)}
         by_image: dict[int, list[list[dict[str, Any]]]] = {i: [[] for _ in column] for i in image_ids}
@@ -318,16 +325,18 @@ def evaluate(clean: Any, corrupted: Any, kinds: dict[str, list[int]], detections
             by_image[d["image_id"]][column[d["category_id"]]].append(d)
         ours_pred = {(d["image_id"], d["category_id"], tuple(d["bbox"]), d["score"]): s
                      for d, s in zip(ours["report"].predictions_in, ours["report"].prediction_missing, strict=True)}
-        flat, theirs_flat, ours_flat = [], [], []
+        flat, theirs_flat, cal_flat, ours_flat = [], [], [], []
         for n, image_id in enumerate(image_ids):
             preds = [d for per_class in by_image[image_id] for d in per_class]
             theirs_flat += theirs["prediction"][n].tolist()
+            cal_flat += theirs_cal["prediction"][n].tolist()
             for d in preds:
                 ours_flat.append(ours_pred[(d["image_id"], d["category_id"], tuple(d["bbox"]), d["score"])])
                 flat.append(any(a["category_id"] == d["category_id"] and _iou_xywh(a["bbox"], d["bbox"]) >= 0.5
                                 for a in removed_by_image.get(image_id, [])))
         add("prediction", "missing", "detcurate", np.asarray(ours_flat), np.asarray(flat))
         add("prediction", "missing", "cleanlab", np.asarray(theirs_flat), np.asarray(flat))
+        add("prediction", "missing", "cleanlab-calibrated", np.asarray(cal_flat), np.asarray(flat))
     ann_ids = [a["id"] for a in corrupted.annotations if not a["iscrowd"]]
     for kind in ("badly_placed", "wrong_class", "spurious"):
         if not kinds[kind]:
@@ -335,10 +344,13 @@ def evaluate(clean: Any, corrupted: Any, kinds: dict[str, list[int]], detections
         pos = np.isin(ann_ids, kinds[kind])
         add("annotation", kind, "detcurate", np.asarray([ours["annotation"][i][kind] for i in ann_ids]), pos)
         add("annotation", kind, "cleanlab", np.asarray([theirs["annotation"][i][kind] for i in ann_ids]), pos)
+        add("annotation", kind, "cleanlab-calibrated", np.asarray([theirs_cal["annotation"][i][kind] for i in ann_ids]),
+            pos)
     touched = {record_image[i] for ids in kinds.values() for i in ids}
     pos = np.asarray([i in touched for i in image_ids])
     add("image", "any", "detcurate", ours["image"], pos)
     add("image", "any", "cleanlab", theirs["image"], pos)
+    add("image", "any", "cleanlab-calibrated", theirs_cal["image"], pos)
     return rows
 
 
@@ -407,14 +419,15 @@ def markdown(results: dict[str, Any]) -> str:
                   + ", ".join(f"{k} {v}" for k, v in sc["corrupted_records"].items())
                   + f". Out-of-sample predictions (2-fold): {sc['detections']} detections, AP {det['AP']:.3f} / "
                     f"AP50 {det['AP50']:.3f} against the clean labels.", "",
-                  "| unit | kind | positives / n | AUROC detcurate | AUROC cleanlab | P@10 d / c | P@50 d / c | "
-                  "P@positives d / c |", "|---|---|---|---|---|---|---|---|"]
+                  "| unit | kind | positives / n | AUROC detcurate | AUROC cleanlab | AUROC cleanlab, calibrated "
+                  "scores | P@10 d / c | P@50 d / c | P@positives d / c |", "|---|---|---|---|---|---|---|---|---|"]
         rows = sc["rows"]
         for ours in (r for r in rows if r["method"] == "detcurate"):
-            theirs = next(r for r in rows if r["method"] == "cleanlab" and r["unit"] == ours["unit"]
-                          and r["kind"] == ours["kind"])
+            theirs, cal = (next(r for r in rows if r["method"] == m and r["unit"] == ours["unit"]
+                                and r["kind"] == ours["kind"]) for m in ("cleanlab", "cleanlab-calibrated"))
             lines.append(f"| {ours['unit']} | {ours['kind']} | {ours['positives']} / {ours['n']} | "
-                         f"{_fmt(ours['auroc'])} | {_fmt(theirs['auroc'])} | {_fmt(ours['p@10'])} / {_fmt(theirs['p@10'])} | "
+                         f"{_fmt(ours['auroc'])} | {_fmt(theirs['auroc'])} | {_fmt(cal['auroc'])} | "
+                         f"{_fmt(ours['p@10'])} / {_fmt(theirs['p@10'])} | "
                          f"{_fmt(ours['p@50'])} / {_fmt(theirs['p@50'])} | "
                          f"{_fmt(ours['p@positives'])} / {_fmt(theirs['p@positives'])} |")
         lines.append("")

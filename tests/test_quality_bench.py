@@ -55,7 +55,7 @@ def test_smoke_profile_writes_both_methods(bench, tmp_path: Path) -> None:
     bench.main(["--profile", "smoke", "--work", str(tmp_path / "work"), "--out", str(out)])
     result = json.loads(out.read_text())
     rows = result["scenarios"]["mixed"]["rows"]
-    assert {r["method"] for r in rows} == {"detcurate", "cleanlab"}
+    assert {r["method"] for r in rows} == {"detcurate", "cleanlab", "cleanlab-calibrated"}
     assert {(r["unit"], r["kind"]) for r in rows} >= {("image", "missing"), ("annotation", "wrong_class"),
                                                       ("annotation", "badly_placed"), ("image", "any")}
     assert all(r["auroc"] is None or 0.0 <= r["auroc"] <= 1.0 for r in rows)
