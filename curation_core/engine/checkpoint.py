@@ -91,6 +91,7 @@ def _reason(exc: BaseException) -> str:
 def check_same_model(checkpoint: dict[str, Any], model_config: dict[str, Any], *, source: str) -> None:
     """``CheckpointError`` unless the checkpoint was trained with exactly this ``model`` section."""
     saved = checkpoint["config"].get("model") if isinstance(checkpoint.get("config"), dict) else None
+    saved = _with_defaults("model", saved)
     if saved != model_config:
         diff = sorted(k for k in set(model_config) | set(saved or {}) if (saved or {}).get(k) != model_config.get(k))
         shown = ", ".join(f"{k}={(saved or {}).get(k)!r} (config: {model_config.get(k)!r})" for k in diff[:4])
@@ -110,11 +111,31 @@ def check_same_section(checkpoint: dict[str, Any], section: str, current: dict[s
         from curation_core.engine.config import TrainConfig
 
         saved = TrainConfig.model_fields[section].default.model_dump(mode="json")
+    saved = _with_defaults(section, saved)
     if saved != current:
         diff = sorted(k for k in set(current) | set(saved) if saved.get(k) != current.get(k))
         shown = ", ".join(f"{section}.{k}={saved.get(k)!r} (config: {current.get(k)!r})" for k in diff[:4])
         raise CheckpointError(f"{source}: the run was trained with {shown}; resuming would mix two recipes: "
                               f"restore the section or start a new train.output_dir")
+
+
+def _with_defaults(section: str, saved: Any) -> Any:
+    """A saved config ``section`` with the defaults of fields added since it was written.
+
+    Fields gain defaults over releases (``model.loss``, ``model.sampler``, ...); a checkpoint written
+    before one existed was trained with its default, so it compares equal. A section that no longer
+    validates is returned as it is (the comparison then names what differs).
+    """
+    if not isinstance(saved, dict):
+        return saved
+    from pydantic import ValidationError
+
+    from curation_core.engine.config import TrainConfig
+
+    try:
+        return TrainConfig.model_fields[section].annotation.model_validate(saved).model_dump(mode="json")
+    except (ValidationError, KeyError, AttributeError, ValueError):
+        return saved
 
 
 def check_same_categories(checkpoint: dict[str, Any], categories: list[dict[str, Any]], *, source: str,
