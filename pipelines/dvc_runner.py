@@ -62,7 +62,7 @@ def run_dvc(params: dict[str, Any], workdir: str | os.PathLike[str], *, data_rev
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
            ENV_PIPELINE_RUN: pipeline_run, ENV_TRACK: "1" if track else "0"}
     if not (root / ".dvc").is_dir():
-        _dvc([dvc, "init", "--no-scm", "--subdir", "-q"], root, env)
+        _dvc([dvc, "init", "--no-scm", "-q"], root, env)
     _dvc([dvc, "repro"], root, env)
     return layout(root)["report"] / "metrics.json"
 

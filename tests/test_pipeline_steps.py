@@ -1,0 +1,161 @@
+"""Pipeline steps: outputs published whole, idempotent re-runs, one-line errors for bad parameters, data versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from components.staging import DONE_NAME, finished, staged_output, staging_dir
+from curation_core.errors import ConfigError
+from pipelines.profiles import check, pipeline_params
+
+ROOT = Path(__file__).resolve().parents[1]
+DETCURATE = [sys.executable, "-c", "from pipelines.cli import main; main()"]
+
+
+def test_staged_output_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    out = tmp_path / "step"
+    with pytest.raises(RuntimeError), staged_output(out, step="s", fingerprint={"a": 1}, result={}) as stage:
+        (stage / "half.txt").write_text("half")
+        raise RuntimeError("killed")
+    assert not out.exists() and (staging_dir(out) / "half.txt").is_file()  # kept for the next run to continue
+    result: dict = {}
+    with staged_output(out, step="s", fingerprint={"a": 1}, result=result) as stage:
+        assert (stage / "half.txt").read_text() == "half"  # same parameters: continued
+        (stage / "full.txt").write_text("full")
+        result["n"] = 2
+    assert sorted(p.name for p in out.iterdir()) == sorted([DONE_NAME, "full.txt", "half.txt"])
+    assert not staging_dir(out).exists()
+    assert finished(out, {"a": 1})["result"] == {"n": 2} and finished(out, {"a": 2}) is None
+    with pytest.raises(RuntimeError), staged_output(out, step="s", fingerprint={"a": 2}, result={}) as stage:
+        assert not (stage / "half.txt").exists()  # other parameters: a clean start
+        raise RuntimeError
+    assert (out / "full.txt").is_file()  # the finished output of {"a": 1} is untouched
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["teacher.model.backbone=huge"], "teacher: model.backbone: invalid value 'huge'"),
+    (["data.train=0"], "SynthConfig(train=) expects an integer >= 1; got 0"),
+    (["student.train.batch_size=many"], "student: train.batch_size"),
+    (["nosuch.key=1"], "--set: nosuch: not a section"),
+    (["data.trian=5"], "--set: data.trian: unknown key"),
+    (["teacher"], "--set: expects key=value"),
+])
+def test_a_bad_parameter_fails_before_any_step(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        check(pipeline_params("smoke", overrides=overrides))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_profiles_give_every_model_a_complete_config() -> None:
+    params = pipeline_params("smoke", seed=3, overrides=["teacher.schedule.max_iter=4"])
+    check(params)
+    assert params["data"]["seed"] == 3 and {params[m]["train"]["seed"] for m in ("teacher", "student")} == {3}
+    assert params["teacher"]["schedule"]["max_iter"] == 4 and params["student"]["schedule"]["max_iter"] == 6
+    assert params["student_curated"]["curation"]["method"] == "detgain"
+    assert "teacher" not in params["student_curated"]["curation"]  # the run's own teacher step
+    with pytest.raises(ConfigError, match="--profile: invalid value 'huge'; valid choices: smoke, demo, full"):
+        pipeline_params("huge")
+
+
+def test_cli_bad_parameter_is_one_line_exit_2_and_nothing_runs(tmp_path: Path) -> None:
+    out = subprocess.run([*DETCURATE, "pipeline", "run", "--runner", "kfp-local", "--profile", "smoke", "--no-track",
+                          "--out", str(tmp_path / "run"), "--set", "student.optim.lr=-1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and "student: optim.lr" in out.stderr, out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreachable_mlflow_server_is_one_line_naming_the_url(tmp_path: Path) -> None:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    out = subprocess.run([*DETCURATE, "pipeline", "run", "--runner", "airflow", "--profile", "smoke",
+                          "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "MLflow tracking server http://127.0.0.1:9 is unreachable" in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def _tiny_params() -> dict:
+    return pipeline_params("smoke", overrides=["data.train=16", "data.val=8", "teacher.schedule.max_iter=400",
+                                               "teacher.train.eval_every=0", "teacher.train.checkpoint_every=2"])
+
+
+@pytest.mark.slow
+def test_a_training_step_killed_halfway_leaves_no_output_and_a_rerun_finishes(tmp_path: Path) -> None:
+    from pipelines.steps import layout, run_step
+
+    params = _tiny_params()
+    run_step("data", params, tmp_path, track=False)
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    command = [*DETCURATE, "pipeline", "step", "train_teacher", "--params", str(tmp_path / "params.json"),
+               "--workdir", str(tmp_path), "--no-track"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    model = layout(tmp_path)["train_teacher"]
+    deadline = time.monotonic() + 180
+    while not (staging_dir(model) / "checkpoint.pt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up
+    proc.communicate(timeout=60)
+    assert not model.exists() and (staging_dir(model) / "checkpoint.pt").is_file()
+    params["teacher"]["schedule"]["max_iter"] = 6  # a shorter schedule is another config: a clean start
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not staging_dir(model).exists()
+    record = json.loads((model / DONE_NAME).read_text())
+    assert record["result"]["iterations"] == 6 and (model / "checkpoint.pt").is_file()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)  # finished: reused, not retrained
+    assert again.returncode == 0 and (model / DONE_NAME).read_text() == json.dumps(record, indent=2)
+
+
+def _git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_data_rev_reads_the_data_of_that_revision(tmp_path: Path) -> None:
+    from pipelines.steps import data_step
+
+    repo = tmp_path / "repo"
+    images = repo / "data" / "synth"
+    subprocess.run([sys.executable, "-c", "from pipelines.cli import main; main()", "data", "synth", "--out",
+                    str(images), "--train", "4", "--val", "2", "--size", "32", "--seed", "1"], check=True,
+                   capture_output=True)
+    _git("init", "-q", cwd=repo)
+    _git("config", "user.email", "t@example.com", cwd=repo)
+    _git("config", "user.name", "t", cwd=repo)
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    subprocess.run([dvc, "init", "-q"], cwd=repo, check=True)
+    subprocess.run([dvc, "add", "-q", "data/synth"], cwd=repo, check=True)
+    _git("add", "-A", cwd=repo)
+    _git("commit", "-q", "-m", "v1", cwd=repo)
+    first = _git("rev-parse", "HEAD", cwd=repo)
+    first_train = json.loads((images / "train" / "annotations.json").read_text())
+    ann = images / "train" / "annotations.json"
+    changed = {**first_train, "annotations": first_train["annotations"][:1]}
+    ann.write_text(json.dumps(changed))
+    subprocess.run([dvc, "add", "-q", "data/synth"], cwd=repo, check=True)
+    _git("commit", "-q", "-am", "v2", cwd=repo)
+    params = pipeline_params("smoke")
+    summary = data_step(params, tmp_path / "at_v1", data_rev=first, repo=repo)
+    assert summary["train"] == {"images": 4, "annotations": len(first_train["annotations"])}
+    assert json.loads((tmp_path / "at_v1" / "train" / "annotations.json").read_text()) == first_train
+    assert data_step(params, tmp_path / "at_v2", data_rev="HEAD", repo=repo)["train"]["annotations"] == 1
+    with pytest.raises(ConfigError, match=r"--data-rev no-such-rev: cannot read data/synth at that revision"):
+        data_step(params, tmp_path / "bad", data_rev="no-such-rev", repo=repo)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_run_tags_carry_the_data_revision() -> None:
+    from pipelines.steps import run_tags
+
+    tags = run_tags(pipeline_params("smoke", seed=2), pipeline_run="r1", data_rev="v1.0")
+    assert tags == {"detcurate.profile": "smoke", "detcurate.seed": "2", "detcurate.pipeline_run": "r1",
+                    "detcurate.data_rev": "v1.0"}
