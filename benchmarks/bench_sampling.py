@@ -16,8 +16,9 @@ killed cell resumes from its checkpoint.
 Two measurements besides the grid, each a cell of its own:
 
 - ``overhead``: training images/s of every variant against its plain detector, side by side in one
-  process (the same batches, variants interleaved round-robin, the median of the rounds), so a
-  machine shared with other work slows every variant alike;
+  process (the same batches, variants interleaved round-robin, the median of the rounds; each step
+  is a full training step at learning rate 0, so every variant keeps the initial weights and sees the
+  same inputs), so a machine shared with other work slows every variant alike;
 - ``histogram``: the IoU histogram of the negatives the RoI heads draw with random sampling, Libra
   with bins over the negatives' own IoU range, and Libra with mmdetection's range (to the largest
   IoU of any proposal: mmdetection issue 5323), on the RPN proposals of a trained baseline model.
@@ -63,7 +64,7 @@ class Profile:
     size: int = 128
     warmup_iters: int = 20
     overhead_steps: int = 3  # training steps per variant per round
-    overhead_rounds: int = 3
+    overhead_rounds: int = 7
     histogram_images: int = 32
 
 
@@ -172,7 +173,8 @@ def measure_overhead(work: Path, profile: Profile, keys: list[tuple[str, str]]) 
     for key in keys:
         torch.manual_seed(0)
         model = build_detector(ModelConfig(**model_section(profile, *key)), num_categories=len(categories)).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        # lr 0: the step costs what a training step costs, and every variant stays at the same weights.
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0)
         runners[key] = (model, optimizer)
         _steps(model, optimizer, batches[:1])  # warm-up: first-call allocations
     seconds: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
@@ -340,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--only", default="", help="comma-separated detector:variant pairs (default: all)")
     parser.add_argument("--skip-overhead", action="store_true", help="do not measure the overhead cell")
+    parser.add_argument("--redo-overhead", action="store_true", help="measure the overhead cell again")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     console = Console()
@@ -352,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--only: unknown pairs {unknown}; valid: {', '.join(':'.join(k) for k in VARIANTS)}")
     results = Results(args.out, args.profile, profile)
     if not args.report_only:
-        if "overhead" not in results.payload and not args.skip_overhead:
+        if ("overhead" not in results.payload or args.redo_overhead) and not args.skip_overhead:
             console.print("overhead: every variant side by side", highlight=False)
             results.payload["overhead"] = measure_overhead(args.work, profile, list(VARIANTS))
             results.save()
