@@ -25,7 +25,8 @@ Two measurements besides the grid, each a cell of its own:
 
 Results: ``benchmarks/results/sampling.json`` (``{"profile", "cells": [{"detector", "variant", "seed",
 "AP", "AP50", "AP75", "images_per_s", "wall_s"}, ...], "overhead": [...], "histogram": {...}}``) and
-``sampling.md`` (mean and spread over seeds, difference to the baseline, overhead, histogram).
+``sampling.md`` (mean and spread over seeds, difference to the baseline, overhead, histogram) and
+``sampling_iou.png`` (the histogram).
 """
 
 from __future__ import annotations
@@ -308,6 +309,35 @@ def _table(head: list[str], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def plot_histogram(path: Path, hist: dict[str, Any]) -> None:
+    """Bars of the sampled negatives' IoU histogram, one group per bin, one bar per sampler."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from curation_core.io import atomic_write
+
+    edges = np.array(hist["edges"])
+    centres, width = (edges[:-1] + edges[1:]) / 2, (edges[1] - edges[0]) / 4
+    labels = {"random": "random", "libra": "Libra, bins over the negatives' range",
+              "libra_mmdet": "Libra, mmdetection's range (to max IoU of all proposals)"}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, (name, label) in enumerate(labels.items()):
+        share = np.array(hist[name], dtype=float) / max(1, sum(hist[name]))
+        ax.bar(centres + (k - 1) * width, share, width=width, label=label)
+    ax.set_xlabel("IoU of the sampled negative with its best ground-truth box")
+    ax.set_ylabel("fraction of the sampled negatives (log scale)")
+    ax.set_yscale("log")
+    ax.set_title(f"RoI negatives drawn per sampler ({hist['images']} images)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)
+
+
 class Results:
     """The result file: cells, overhead and histogram, rewritten atomically after every cell."""
 
@@ -330,6 +360,8 @@ class Results:
         self.payload["cells"].sort(key=lambda c: (list(VARIANTS).index((c["detector"], c["variant"])), c["seed"]))
         write_json_atomic(self.path, self.payload, indent=2)
         write_markdown(self.path.with_suffix(".md"), self.payload)
+        if self.payload.get("histogram"):
+            plot_histogram(self.path.with_name(self.path.stem + "_iou.png"), self.payload["histogram"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,7 @@ def test_bench_sampling_smoke_profile_writes_cells_overhead_histogram_and_resume
     assert sum(hist["random"]) == sum(hist["libra"]) == sum(hist["libra_mmdet"]) <= sum(hist["pool"])
     text = out.with_suffix(".md").read_text()
     assert "| faster_rcnn | all | 1 |" in text and "libra_mmdet" in text
+    assert out.with_name("sampling_iou.png").read_bytes().startswith(b"\x89PNG")
     capsys.readouterr()
     bench_sampling.main(args)  # everything is done: nothing is trained again
     assert "0 cells to do (3 done)" in capsys.readouterr().out
