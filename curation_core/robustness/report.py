@@ -132,11 +132,12 @@ def plot_robustness(cells: Sequence[Mapping[str, Any]], training_sets: Mapping[s
     from matplotlib import pyplot as plt
 
     summary = aggregate(cells)
-    shown_modes = [m for m in modes if any(r["mode"] == m for r in summary)]
+    shown_modes = list(modes)  # every mode of the grid, finished or not, so that partial figures line up
     labels = []
     for m in shown_modes:
         dropped = training_sets.get(m, {}).get("dropped_fraction")
-        labels.append(f"{m}\n{dropped:.0%}" if isinstance(dropped, float) else m)
+        name = m.replace("drop-per-category", "per\ncategory")
+        labels.append(f"{name}\n{dropped:.0%}" if isinstance(dropped, float) else name)
     variants = list(dict.fromkeys((r["loss"], r["curation"]) for r in summary))
     figure, axes = plt.subplots(1, len(METRICS), figsize=(4.6 * len(METRICS), 3.6), squeeze=False)
     for axis, metric in zip(axes[0], METRICS, strict=True):
@@ -154,6 +155,9 @@ def plot_robustness(cells: Sequence[Mapping[str, Any]], training_sets: Mapping[s
                 axis.scatter([x] * len(seeds), seeds, s=8, alpha=0.4, color=line[0].get_color())
         axis.set_xticks(range(len(shown_modes)), labels, fontsize=8)
         axis.set_ylabel(f"val {metric}")
+        top = max([float(c[metric]) for c in cells] + [r[metric]["mean"] + (r[metric]["sd"] or 0.0) for r in summary])
+        axis.set_ylim(0.0, 1.15 * top if top > 0 else 1.0)
+        axis.set_xlim(-0.5, len(shown_modes) - 0.5)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.suptitle(f"{title} (training-set mode, dropped fraction)")
