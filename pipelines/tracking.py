@@ -420,3 +420,41 @@ def log_curation_manifest(summary: Any, annotations: str | os.PathLike[str], *, 
         raise
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+# --------------------------------------------------------------------------------------------------
+# Active learning
+# --------------------------------------------------------------------------------------------------
+
+
+def log_active_learning(summary: Any, config_path: str | os.PathLike[str], *, run_name: str | None = None) -> str:
+    """Log a finished active-learning run (``components.active_learning.ActiveLearningSummary``); its id.
+
+    Params: the run's configuration (``active_learning.*``). Metrics: the curve, one step per round:
+    ``active_learning/AP`` and ``active_learning/AP50`` at step = boxes labelled, and per round
+    ``active_learning/boxes``, ``.../images``, ``.../queried``, ``.../background`` at step = round.
+    Artifacts: the curve JSON and the config, under ``active_learning/``.
+    """
+    client = mlflow_client()
+    config = summary.config
+    run = client.create_run(experiment_id(client),
+                            run_name=run_name or f"active-learning {config.level} {config.measure} seed {config.seed}")
+    run_id = run.info.run_id
+    try:
+        params = {k: v for k, v in config.model_dump(mode="json").items() if k != "base"}
+        log_params(client, run_id, {"active_learning.base.config": config.base.config,
+                                    **{f"active_learning.{k}": v for k, v in params.items()}})
+        metrics: list[tuple[str, float, int]] = []
+        for r in summary.rounds:
+            metrics += [(metric_key("active_learning", "AP"), float(r["AP"]), int(r["boxes"])),
+                        (metric_key("active_learning", "AP50"), float(r["AP50"]), int(r["boxes"]))]
+            metrics += [(metric_key("active_learning", name), float(r[name]), int(r["round"]))
+                        for name in ("boxes", "images", "queried", "background")]
+        log_metrics(client, run_id, metrics)
+        for path in (summary.curve_path, config_path):
+            client.log_artifact(run_id, str(path), artifact_path="active_learning")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id

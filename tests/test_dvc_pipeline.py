@@ -23,7 +23,7 @@ from curation_core.engine.config import load_config  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STAGES = {"synth", "train_teacher", "train_student", "train_student_detgain", "evaluate@teacher", "evaluate@student",
-          "evaluate@student_detgain", "report", "robustness", "balance"}
+          "evaluate@student_detgain", "report", "robustness", "balance", "active_learning"}
 TRAININGS = ("train_teacher", "train_student", "train_student_detgain")
 MODELS = ("teacher", "student", "student_detgain")
 #: stage -> the stages it depends on
@@ -38,6 +38,7 @@ UPSTREAM = {
     "report": {"train_teacher", "train_student", "train_student_detgain"},
     "robustness": {"synth"},
     "balance": {"synth", "train_teacher"},
+    "active_learning": {"synth"},
 }
 
 
@@ -162,6 +163,8 @@ TINY_PARAMS = {
     "student": {"backbone": "tiny", "iterations": 2, "warmup_iters": 1, "batch_size": 2, "eval_every": 1},
     "curated": {"method": "detgain", "estimator": "empirical", "super_batch": 4, "score_every": 1, "warmup_iters": 0},
     "robustness": {"iterations": 2, "warmup_iters": 1, "batch_size": 2},
+    "active_learning": {"level": "box", "measure": "uncertainty", "rounds": 1, "budget": 3, "initial_images": 3,
+                        "initial_iters": 2, "round_iters": 1, "batch_size": 2},
 }
 
 

@@ -12,6 +12,7 @@ import sys
 import click
 
 from curation_core.errors import CocoValidationError, DetCurateError
+from pipelines.cli import active_learning as active_learning_cmds
 from pipelines.cli import balance as balance_cmds
 from pipelines.cli import curation_report as curation_report_cmds
 from pipelines.cli import data as data_cmds
@@ -43,10 +44,12 @@ def cli() -> None:
     Curation:    detcurate curation-report --selections runs/NAME/selections.csv --annotations A.json --out DIR
     Balancing:   detcurate balance --annotations A.json [--images DIR] [--checkpoint CKPT] --out M.json
     Quality:     detcurate quality --annotations A.json --predictions DT.json --out DIR
+    Active:      detcurate active-learning --config configs/active_learning_demo.yaml --out DIR
     DetGain:     detcurate score --gt GT.json --teacher-dt T.json --student-dt S.json
     """
 
 
+cli.add_command(active_learning_cmds.active_learning_cmd)
 cli.add_command(balance_cmds.balance_cmd)
 cli.add_command(curation_report_cmds.curation_report_cmd)
 cli.add_command(data_cmds.data)

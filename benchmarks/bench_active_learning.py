@@ -1,0 +1,224 @@
+"""Active learning: val AP against boxes labelled, box-level vs image-level querying, 3 seeds.
+
+    python benchmarks/bench_active_learning.py                  # the CPU profile (resumable)
+    python benchmarks/bench_active_learning.py --profile smoke  # seconds: the test's profile
+    python benchmarks/bench_active_learning.py --report-only    # JSON, table and plot of what is finished
+
+Cells: (level, measure, seed) for level in box, image and measure in random, uncertainty (the main
+comparison of Desai & Balasubramanian, CVPRW 2020). Each cell is one ``run_active_learning`` run in
+``WORK/<level>__<measure>__seed<S>``; the initial detector of a seed (round 0: the same random, fully
+labelled images and the same training) is trained once in ``WORK/initial__seed<S>`` and copied into
+every cell of that seed. A killed run resumes by cell and by round (the loop's own resume).
+
+Scale of the ``cpu`` profile, fixed before any result was seen, from one timed run of the loop on the
+shared 2-core machine (60 iterations of 16 images plus a 150-image evaluation in about 85 s there,
+under a load of 10): RetinaNet with the nano backbone (the demo student's recipe, learning rate 4e-3)
+at 128 px, 400 pool / 150 val synthetic images, 80 initial images trained for 300 iterations, then 3
+rounds of 100 boxes, each fine-tuned for 100 iterations from the previous round. Expected: about 60
+minutes of one core for the 12 cells. At this scale the detectors are far from converged: the curves
+compare the querying levels at equal cost, not the paper's absolute numbers.
+
+Results: ``benchmarks/results/active_learning.json`` (``{"profile", "curves": [{"level", "measure",
+"seed", "points": [[boxes, AP], ...]}, ...]}``), ``active_learning.md`` (per round: mean boxes and mean
+and spread of AP over seeds) and ``active_learning.png`` (AP against boxes, mean and min-max band).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, print_rows  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+#: Seed of the benchmark's synthetic data set.
+DATA_SEED = 2028
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Scale of the benchmark, fixed before any result was seen."""
+
+    train_images: int
+    val_images: int
+    size: int
+    initial_images: int
+    initial_iters: int
+    rounds: int
+    budget: int
+    round_iters: int
+    batch_size: int
+
+
+PROFILES = {
+    "smoke": Profile(train_images=24, val_images=8, size=64, initial_images=6, initial_iters=3, rounds=1, budget=6,
+                     round_iters=2, batch_size=4),
+    "cpu": Profile(train_images=400, val_images=150, size=128, initial_images=80, initial_iters=300, rounds=3,
+                   budget=100, round_iters=100, batch_size=16),
+}
+LEVELS = ("box", "image")
+MEASURES = ("random", "uncertainty")
+
+
+def make_data(work: Path, profile: Profile) -> Path:
+    from curation_core.synth import SynthConfig, generate_dataset
+
+    data = work / "data"
+    if not (data / "synth.json").is_file():
+        generate_dataset(data, SynthConfig(train=profile.train_images, val=profile.val_images, size=profile.size,
+                                           seed=DATA_SEED))
+    return data
+
+
+def cell_config(data: Path, profile: Profile, *, level: str, measure: str, seed: int, rounds: int) -> Any:
+    from curation_core.active.config import active_learning_config_from_dict
+
+    raw = {
+        "base": {"config": str(ROOT / "configs" / "demo_student.yaml"), "overrides": {
+            "model.detector": "retinanet", "model.min_size": profile.size, "model.max_size": profile.size,
+            "optim.lr": 0.004, "schedule.warmup_iters": min(20, profile.round_iters),
+            "train.batch_size": profile.batch_size, "train.checkpoint_every": 50, "train.num_threads": 1,
+            "train.device": "cpu", "train.eval_batch_size": 32}},
+        "train_annotations": str(data / "train" / "annotations.json"), "train_images": str(data / "train" / "images"),
+        "val_annotations": str(data / "val" / "annotations.json"), "val_images": str(data / "val" / "images"),
+        "level": level, "measure": measure, "seed": seed, "initial_images": profile.initial_images,
+        "rounds": rounds, "budget": profile.budget, "initial_iters": profile.initial_iters,
+        "round_iters": profile.round_iters,
+    }
+    return active_learning_config_from_dict(raw, source=f"bench cell {level}/{measure}/seed{seed}")
+
+
+def run_cell(work: Path, data: Path, profile: Profile, level: str, measure: str, seed: int) -> None:
+    from curation_core.active.loop import run_active_learning
+
+    initial = work / f"initial__seed{seed}"
+    run_active_learning(cell_config(data, profile, level="box", measure="random", seed=seed, rounds=0), initial)
+    cell = work / f"{level}__{measure}__seed{seed}"
+    if not (cell / "round_0").is_dir():
+        shutil.copytree(initial / "round_0", cell / "round_0.tmp", dirs_exist_ok=True)
+        (cell / "round_0.tmp").rename(cell / "round_0")
+    start = time.time()
+    run_active_learning(cell_config(data, profile, level=level, measure=measure, seed=seed, rounds=profile.rounds),
+                        cell, on_round=lambda r: print(f"{level}/{measure}/seed{seed} round {r['round']}: "
+                                                       f"{r['boxes']} boxes, AP {r['AP']:.4f} "
+                                                       f"({time.time() - start:.0f} s)", flush=True))
+
+
+def collect(work: Path, seeds: list[int]) -> list[dict[str, Any]]:
+    from curation_core.coco import read_json
+
+    curves = []
+    for level in LEVELS:
+        for measure in MEASURES:
+            for seed in seeds:
+                path = work / f"{level}__{measure}__seed{seed}" / "state.json"
+                if path.is_file():
+                    rounds = read_json(path)["rounds"]
+                    curves.append({"level": level, "measure": measure, "seed": seed,
+                                   "points": [[r["boxes"], r["AP"]] for r in rounds],
+                                   "rounds": [{k: r[k] for k in ("round", "boxes", "AP", "AP50", "images", "queried",
+                                                                 "objects", "background", "duplicates", "pool")}
+                                              for r in rounds]})
+    return curves
+
+
+def summary_rows(curves: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for level in LEVELS:
+        for measure in MEASURES:
+            mine = [c for c in curves if c["level"] == level and c["measure"] == measure]
+            for r in range(max((len(c["points"]) for c in mine), default=0)):
+                pts = np.asarray([c["points"][r] for c in mine if len(c["points"]) > r], dtype=np.float64)
+                rows.append({"level": level, "measure": measure, "round": r, "seeds": len(pts),
+                             "boxes": float(pts[:, 0].mean()), "AP_mean": float(pts[:, 1].mean()),
+                             "AP_std": float(pts[:, 1].std(ddof=1)) if len(pts) > 1 else float("nan"),
+                             "AP_min": float(pts[:, 1].min()), "AP_max": float(pts[:, 1].max())})
+    return rows
+
+
+def write_outputs(out: Path, profile_name: str, curves: list[dict[str, Any]], wall_s: float) -> None:
+    from curation_core.io import write_bytes_atomic, write_json_atomic
+
+    rows = summary_rows(curves)
+    write_json_atomic(out, {"benchmark": "active_learning", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                            "machine": machine_info(), "profile": profile_name,
+                            "scale": asdict(PROFILES[profile_name]), "wall_s": round(wall_s, 1),
+                            "curves": curves, "summary": rows}, indent=1)
+    lines = [f"# Active learning: val AP against boxes labelled (profile `{profile_name}`)", "",
+             "RetinaNet (nano backbone) on the synthetic shapes; mean and sample std of AP over the seeds "
+             "finished; `boxes` is the mean annotation cost (ground-truth boxes of fully labelled images, one "
+             "per box query).", "",
+             "| level | measure | round | seeds | boxes | AP mean | AP std | AP min | AP max |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['level']} | {r['measure']} | {r['round']} | {r['seeds']} | {r['boxes']:.0f} | {r['AP_mean']:.4f} "
+              f"| {r['AP_std']:.4f} | {r['AP_min']:.4f} | {r['AP_max']:.4f} |" for r in rows]
+    lines += ["", f"![curves]({out.with_suffix('.png').name})", ""]
+    write_bytes_atomic(out.with_suffix(".md"), "\n".join(lines).encode())
+    write_bytes_atomic(out.with_suffix(".png"), _figure(rows))
+
+
+def _figure(rows: list[dict[str, Any]]) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.0, 4.0))
+    for level in LEVELS:
+        for measure in MEASURES:
+            mine = [r for r in rows if r["level"] == level and r["measure"] == measure]
+            if not mine:
+                continue
+            x = [r["boxes"] for r in mine]
+            line = axis.plot(x, [r["AP_mean"] for r in mine], marker="o", linestyle="-" if level == "box" else "--",
+                             label=f"{level} / {measure}")[0]
+            axis.fill_between(x, [r["AP_min"] for r in mine], [r["AP_max"] for r in mine], alpha=0.15,
+                              color=line.get_color())
+    axis.set_xlabel("boxes labelled")
+    axis.set_ylabel("val AP@[.50:.95]")
+    axis.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", choices=list(PROFILES), default="cpu")
+    parser.add_argument("--work", type=Path, default=None, help="default: benchmarks/work/active_learning_PROFILE")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "active_learning.json")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    profile = PROFILES[args.profile]
+    work = args.work or ROOT / "benchmarks" / "work" / f"active_learning_{args.profile}"
+    seeds = [int(s) for s in args.seeds.split(",")]
+    start = time.time()
+    if not args.report_only:
+        data = make_data(work, profile)
+        for seed in seeds:  # seed by seed: a partial run already holds whole comparisons
+            for level in LEVELS:
+                for measure in MEASURES:
+                    run_cell(work, data, profile, level, measure, seed)
+                    write_outputs(args.out, args.profile, collect(work, seeds), time.time() - start)
+    curves = collect(work, seeds)
+    write_outputs(args.out, args.profile, curves, time.time() - start)
+    print_rows(f"active learning ({args.profile})", summary_rows(curves))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

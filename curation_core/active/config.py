@@ -1,0 +1,195 @@
+"""The active-learning configuration: one YAML file, validated before any training starts.
+
+Fields (unknown fields are errors that list the valid ones)::
+
+    base:                         # the detector recipe of every round
+      config: configs/X.yaml      # a training config (curation_core.engine.config)
+      overrides: {optim.lr: 0.004}
+    train_annotations, train_images   # the fully annotated pool: the simulated annotator's ground truth
+    val_annotations, val_images       # where each round's detector is evaluated (default: the base's)
+    level: box                    # box (fine-grained querying) or image (whole images, the baseline)
+    measure: uncertainty          # box: random, uncertainty, coreset; image: random, uncertainty, coreset
+    seed: 0                       # initial set, random picks, training seed
+    initial_images: 40            # the random, fully labelled start
+    rounds: 4                     # query rounds after the initial detector
+    budget: 100                   # boxes labelled per round (box: K queries; image: GT boxes of the images)
+    initial_iters: 400            # training iterations of the initial detector (from scratch)
+    round_iters: 150              # training iterations of each later round
+    retrain: finetune             # finetune (from the previous round's weights) or scratch
+    pool_score_thresh: 0.05       # the pool: detections above this score (high recall) ...
+    pool_nms_iou: 0.5             # ... merged class-agnostically (one candidate per object) ...
+    pool_max_per_image: 30        # ... at most this many per image
+    noisy_score_thresh: 0.3       # unverified predicted boxes kept as noisy labels (box level)
+    unverified_weight: 0.5        # lambda_d: the loss weight of the noisy labels
+    match_iou: 0.5                # the annotator snaps a box to its best ground truth at IoU >= this
+
+Round ``r`` trains ``base`` with ``schedule.max_iter`` = ``initial_iters`` (``r = 0``) or
+``round_iters``, ``train.seed`` = ``seed`` and ``model.unverified_weight`` = ``unverified_weight``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+
+from curation_core.engine.config import TrainConfig, load_config
+from curation_core.errors import ConfigError
+from curation_core.robustness.config import BaseTraining
+
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+#: Query levels: single boxes (Desai & Balasubramanian, CVPRW 2020) or whole images (the baseline).
+LEVELS = ("box", "image")
+#: Informativeness measures per level (``curation_core.active.measures``).
+MEASURES = {"box": ("random", "uncertainty", "coreset"), "image": ("random", "uncertainty", "coreset")}
+Level = Literal["box", "image"]
+Measure = Literal["random", "uncertainty", "coreset"]
+
+
+class ActiveLearningConfig(BaseModel):
+    """A simulated active-learning run (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: BaseTraining
+    train_annotations: str = Field(description="fully annotated pool (COCO JSON): the simulated annotator's truth")
+    train_images: str = Field(description="image folder of the pool")
+    val_annotations: str | None = Field(None, description="validation COCO JSON (default: the base config's)")
+    val_images: str | None = Field(None, description="its image folder (default: the base config's)")
+    level: Level = Field("box", description="query boxes (box) or whole images (image)")
+    measure: Measure = Field("uncertainty", description="informativeness measure")
+    seed: Int = Field(0, ge=0, description="initial set, random picks and training seed")
+    initial_images: Int = Field(40, ge=1, description="random, fully labelled images of the initial detector")
+    rounds: Int = Field(4, ge=0, description="query rounds after the initial detector")
+    budget: Int = Field(100, ge=1, description="boxes labelled per round")
+    initial_iters: Int = Field(400, ge=1, description="training iterations of the initial detector")
+    round_iters: Int = Field(150, ge=1, description="training iterations of each later round")
+    retrain: Literal["finetune", "scratch"] = Field("finetune", description="start each round from the previous "
+                                                                            "weights or from scratch")
+    pool_score_thresh: Float = Field(0.05, ge=0.0, le=1.0, description="detections above this score form the pool")
+    pool_nms_iou: Float = Field(0.5, gt=0.0, le=1.0, description="class-agnostic NMS IoU merging pool boxes")
+    pool_max_per_image: Int = Field(30, ge=1, description="most pool boxes per image")
+    noisy_score_thresh: Float = Field(0.3, ge=0.0, le=1.0, description="box level: unverified predictions above "
+                                                                       "this score are noisy labels")
+    unverified_weight: Float = Field(0.5, ge=0.0, le=1.0, description="lambda_d: loss weight of noisy labels")
+    match_iou: Float = Field(0.5, gt=0.0, le=1.0, description="annotator: IoU to snap a box to its ground truth")
+
+    @model_validator(mode="after")
+    def _check(self) -> ActiveLearningConfig:
+        if (self.val_annotations is None) != (self.val_images is None):
+            raise ValueError("val_annotations and val_images must be given together (or both left out)")
+        if self.noisy_score_thresh < self.pool_score_thresh:
+            raise ValueError(f"noisy_score_thresh ({self.noisy_score_thresh}) must be >= pool_score_thresh "
+                             f"({self.pool_score_thresh}): noisy labels are pool boxes")
+        return self
+
+
+def load_active_learning_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> ActiveLearningConfig:
+    """Read and validate an active-learning YAML file; ``overrides`` are top-level ``FIELD=VALUE`` strings.
+
+    Raises
+    ------
+    ConfigError
+        One line ``"<file>: <field>: <problem>"`` (unknown fields list the valid ones).
+    """
+    source = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: <file>: file does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: <file>: cannot be read ({exc})") from None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: <file>: malformed YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: <file>: top level must be a mapping; got {type(raw).__name__}")
+    for item in overrides:
+        _apply_override(raw, item)
+    return active_learning_config_from_dict(raw, source=source)
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    """``FIELD=VALUE`` sets a top-level field; ``base.overrides.SECTION.FIELD=VALUE`` a training-config override."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    training = key.removeprefix("base.overrides.")
+    if sep and training != key and "." in training:
+        base = raw.get("base")
+        if not isinstance(base, dict):
+            raise ConfigError(f"--set {key}: the file has no base section to override")
+        base["overrides"] = {**(base.get("overrides") or {}), training: value}
+    elif sep and key in ActiveLearningConfig.model_fields:
+        raw[key] = value
+    else:
+        raise ConfigError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
+                          f"{', '.join(ActiveLearningConfig.model_fields)}, or base.overrides.SECTION.FIELD=VALUE")
+
+
+def active_learning_config_from_dict(raw: dict[str, Any], *, source: str = "<memory>") -> ActiveLearningConfig:
+    """Validate a configuration given as a dict; the base training config is checked too."""
+    try:
+        config = ActiveLearningConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    round_training_config(config, round_index=0, output_dir="<check>", train_annotations=config.train_annotations,
+                          source=source)
+    return config
+
+
+def round_training_config(config: ActiveLearningConfig, *, round_index: int, output_dir: str | os.PathLike[str],
+                          train_annotations: str, source: str = "<active-learning config>") -> TrainConfig:
+    """The validated training config of one round (base + overrides + the round's data, length, seed)."""
+    overrides: dict[str, Any] = dict(config.base.overrides)
+    overrides.update({"data.train_annotations": train_annotations, "data.train_images": config.train_images,
+                      "schedule.max_iter": config.initial_iters if round_index == 0 else config.round_iters,
+                      "train.seed": config.seed, "train.output_dir": str(output_dir),
+                      "train.eval_every": 0, "model.unverified_weight": config.unverified_weight,
+                      "data.manifest": None})
+    if config.val_annotations is not None:
+        overrides.update({"data.val_annotations": config.val_annotations, "data.val_images": config.val_images})
+    try:
+        train_config = load_config(config.base.config, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: base: {exc}") from None
+    if train_config.data.val_annotations is None:
+        raise ConfigError(f"{source}: val_annotations: every round is evaluated on a validation set; give "
+                          f"val_annotations and val_images (the base config has none)")
+    if train_config.curation.method != "none":
+        raise ConfigError(f"{source}: base: curation.method must be none (rounds train on their labelled set); "
+                          f"got {train_config.curation.method!r}")
+    if config.level == "box" and config.measure == "coreset" and train_config.model.detector != "faster_rcnn":
+        raise ConfigError(f"{source}: measure: box-level coreset needs RoI features (model.detector faster_rcnn); "
+                          f"{train_config.model.detector} has none (as in Desai & Balasubramanian); valid "
+                          f"choices: random, uncertainty")
+    return train_config
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    first = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in first["loc"]]
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        model: type[BaseModel] = BaseTraining if loc[:1] == ["base"] else ActiveLearningConfig
+        problem = f"unknown field; valid fields: {', '.join(model.model_fields)}"
+    elif kind == "missing":
+        problem = "missing required field"
+    elif kind == "literal_error":
+        choices = ", ".join(re.findall(r"'([^']*)'", first.get("ctx", {}).get("expected", "")))
+        problem = f"invalid value {first['input']!r}; valid choices: {choices}"
+    else:
+        shown = first.get("input")
+        got = "" if isinstance(shown, dict) or kind == "value_error" else f"; got {shown!r}"
+        problem = f"{first['msg'].removeprefix('Value error, ')}{got}"
+    return f"{source}: {'.'.join(loc) or '<top level>'}: {problem}"
