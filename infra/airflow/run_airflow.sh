@@ -72,6 +72,11 @@ auth=(-H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json")
 wait_for 300 "DAG $DAG in the API" curl -sf "${auth[@]}" "$API/api/v2/dags/$DAG" || exit 2
 echo "DAG $DAG parsed and serialised ($(curl -sf "${auth[@]}" "$API/api/v2/importErrors" | jq .total_entries) import errors)"
 
+# runs left queued or running by an earlier invocation would hold the DAG's one active run: fail them
+for old in $(curl -sf "${auth[@]}" "$API/api/v2/dags/$DAG/dagRuns?state=queued&state=running" | jq -r '.dag_runs[].dag_run_id'); do
+  curl -sf "${auth[@]}" -X PATCH "$API/api/v2/dags/$DAG/dagRuns/$old" -d '{"state": "failed"}' > /dev/null
+  echo "marked the earlier run $old failed"
+done
 curl -sf "${auth[@]}" -X PATCH "$API/api/v2/dags/$DAG" -d '{"is_paused": false}' > /dev/null
 WORKDIR=$RUN_HOME/runs/$PROFILE-seed$SEED-$(date +%Y%m%dT%H%M%S)
 conf=$(jq -nc --arg p "$PROFILE" --argjson s "$SEED" --arg w "$WORKDIR" --argjson t "$TRACK" \

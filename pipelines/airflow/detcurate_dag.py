@@ -20,7 +20,7 @@ parse time). Tasks are idempotent: a step whose output is finished with the same
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Asset, Metadata, Param, dag, get_current_context, task
@@ -33,7 +33,8 @@ from pipelines.profiles import MODELS, PROFILES
 DATA_ASSET = Asset(name="detcurate_data", uri="file:///detcurate/data")
 MODES = ("local", "kubernetes", "kfp")
 TRAIN_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True}
-_START = datetime(2026, 1, 1)
+# No start_date: with one, unpausing a DAG would run its most recent past interval at once (with the
+# default params); without, the first scheduled run is the next one in the future.
 
 PARAMS = {
     "profile": Param("demo", enum=list(PROFILES), description="smoke, demo or full"),
@@ -115,7 +116,7 @@ def _in_pod(name: str, conf: dict[str, Any], params: dict[str, Any]) -> dict[str
     return {"step": name, "workdir": f"/work/{conf['pipeline_run']}", "summary": "pod finished"}
 
 
-@dag(dag_id="detcurate_data", schedule="@daily", start_date=_START, catchup=False, max_active_runs=1,
+@dag(dag_id="detcurate_data", schedule=CronTriggerTimetable("0 2 * * *", timezone="UTC"), catchup=False, max_active_runs=1,
      params={k: PARAMS[k] for k in ("profile", "seed", "data_rev")}, tags=["detcurate"],
      doc_md="Prepare the data set; emit the `detcurate_data` asset when a new version lands.")
 def detcurate_data() -> None:
@@ -147,7 +148,7 @@ def detcurate_data() -> None:
     ingest()
 
 
-@dag(dag_id="detcurate_pipeline", start_date=_START, catchup=False, max_active_runs=1, params=PARAMS,
+@dag(dag_id="detcurate_pipeline", catchup=False, max_active_runs=1, params=PARAMS,
      schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * 1", timezone="UTC"), assets=DATA_ASSET),
      tags=["detcurate"], doc_md=__doc__)
 def detcurate_pipeline() -> None:
