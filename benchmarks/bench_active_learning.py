@@ -57,11 +57,13 @@ class Profile:
     budget: int
     round_iters: int
     batch_size: int
+    pool_score_thresh: float = 0.05
+    noisy_score_thresh: float = 0.3
 
 
 PROFILES = {
     "smoke": Profile(train_images=24, val_images=8, size=64, initial_images=6, initial_iters=3, rounds=1, budget=6,
-                     round_iters=2, batch_size=4),
+                     round_iters=2, batch_size=4, pool_score_thresh=0.0, noisy_score_thresh=0.0),
     "cpu": Profile(train_images=400, val_images=150, size=128, initial_images=80, initial_iters=300, rounds=3,
                    budget=100, round_iters=100, batch_size=16),
 }
@@ -92,7 +94,8 @@ def cell_config(data: Path, profile: Profile, *, level: str, measure: str, seed:
         "val_annotations": str(data / "val" / "annotations.json"), "val_images": str(data / "val" / "images"),
         "level": level, "measure": measure, "seed": seed, "initial_images": profile.initial_images,
         "rounds": rounds, "budget": profile.budget, "initial_iters": profile.initial_iters,
-        "round_iters": profile.round_iters,
+        "round_iters": profile.round_iters, "pool_score_thresh": profile.pool_score_thresh,
+        "noisy_score_thresh": profile.noisy_score_thresh,
     }
     return active_learning_config_from_dict(raw, source=f"bench cell {level}/{measure}/seed{seed}")
 

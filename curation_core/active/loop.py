@@ -142,7 +142,7 @@ def run_active_learning(config: ActiveLearningConfig, out_dir: str | os.PathLike
         else:
             state, details = (_initial_state(config, gt) if r == 0 else
                               _query_round(config, gt, state, out / f"round_{r - 1}", r, progress))
-            _write_labels(gt, state, round_dir / LABELS_NAME)
+            write_labels(gt, state, round_dir / LABELS_NAME)
             write_json_atomic(plan_path, {"version": STATE_VERSION, "round": r, "state": state.to_dict(),
                                           "details": details}, indent=1)
         stats = _train_round(config, r, round_dir, out, source, progress, list(hooks(r)) if hooks else [])
@@ -288,9 +288,9 @@ def _box_features(detector: Any, gt: CocoDataset, image_root: str, pool: BoxPool
             np.stack(labelled) if labelled else np.zeros((0, width)))
 
 
-def _write_labels(gt: CocoDataset, state: LabelState, path: Path) -> None:
-    """The round's training set: full images with their ground truth, box-level images with their
-    verified boxes and their noisy labels (``"unverified": 1``)."""
+def write_labels(gt: CocoDataset, state: LabelState, path: str | os.PathLike[str]) -> None:
+    """Write the round's COCO training set: fully labelled images with their ground truth, box-level
+    images with their verified boxes and their noisy labels (``"unverified": 1``); atomically."""
     annotations: list[dict[str, Any]] = []
     for image_id in state.labelled_images():
         if image_id in set(state.full):

@@ -1,0 +1,48 @@
+"""The active-learning benchmark runs end to end in its smoke profile, writes what it claims and resumes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("bench_active_learning", None)
+    import bench_active_learning
+
+    return bench_active_learning
+
+
+@pytest.mark.slow
+def test_smoke_profile_writes_the_curves_table_and_plot_and_resumes(tmp_path: Path, bench) -> None:  # noqa: ANN001
+    out = tmp_path / "active_learning.json"
+    args = ["--profile", "smoke", "--work", str(tmp_path / "work"), "--out", str(out), "--seeds", "0"]
+    bench.main(args)
+    result = json.loads(out.read_text())
+    curves = {(c["level"], c["measure"], c["seed"]): c for c in result["curves"]}
+    assert set(curves) == {(level, measure, 0) for level in ("box", "image") for measure in ("random", "uncertainty")}
+    profile = bench.PROFILES["smoke"]
+    initial = {c["points"][0][0] for c in curves.values()}
+    assert len(initial) == 1  # every cell of a seed starts from the same initial detector and labelled set
+    for (level, _, _), curve in curves.items():
+        assert len(curve["points"]) == profile.rounds + 1
+        (b0, ap0), (b1, ap1) = curve["points"]
+        assert 0.0 <= ap0 <= 1.0 and 0.0 <= ap1 <= 1.0
+        if level == "box":  # one box per query, every pool box open at score threshold 0
+            assert b1 - b0 == profile.budget == curve["rounds"][1]["queried"]
+        else:  # whole images until their boxes reach the budget
+            assert b1 - b0 == curve["rounds"][1]["objects"] and b1 > b0
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    table = out.with_suffix(".md").read_text()
+    assert "| box | uncertainty | 1 | 1 |" in table
+    stamp = (tmp_path / "work" / "box__random__seed0" / "state.json").stat().st_mtime_ns
+    bench.main(args)  # finished cells are not run again
+    assert (tmp_path / "work" / "box__random__seed0" / "state.json").stat().st_mtime_ns == stamp
+    assert json.loads(out.read_text())["curves"] == result["curves"]

@@ -1,0 +1,133 @@
+"""The active-learning rounds: noisy labels reach the dampened loss, resume after an interrupted round,
+bad configurations are one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from curation_core.active.config import active_learning_config_from_dict
+from curation_core.active.loop import LabelState, run_active_learning, write_labels
+from curation_core.coco import load_coco
+from curation_core.engine.hooks import Hook
+from curation_core.engine.trainer import TrainingInterrupted
+from curation_core.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from curation_core.synth import SynthConfig, generate_dataset
+
+    out = tmp_path_factory.mktemp("al_data")
+    generate_dataset(out, SynthConfig(train=16, val=4, size=64, seed=1))
+    return out
+
+
+def _raw(data: Path, **fields: object) -> dict:
+    raw = {"base": {"config": str(ROOT / "configs" / "demo_student.yaml"), "overrides": {
+               "model.detector": "retinanet", "model.min_size": 64, "model.max_size": 64, "train.batch_size": 4,
+               "schedule.warmup_iters": 1, "train.num_threads": 1, "train.checkpoint_every": 1}},
+           "train_annotations": str(data / "train" / "annotations.json"), "train_images": str(data / "train" / "images"),
+           "val_annotations": str(data / "val" / "annotations.json"), "val_images": str(data / "val" / "images"),
+           "initial_images": 6, "rounds": 1, "budget": 4, "initial_iters": 2, "round_iters": 2,
+           "pool_score_thresh": 0.0, "noisy_score_thresh": 0.0}
+    return {**raw, **fields}
+
+
+def test_noisy_labels_are_flagged_unverified_and_dampen_the_loss(data: Path, tmp_path: Path) -> None:
+    from curation_core.engine.config import load_config
+    from curation_core.engine.data import DetectionDataset
+    from curation_core.engine.models import build_detector
+
+    gt = load_coco(data / "train" / "annotations.json")
+    image = next(img for img in gt.images if gt.annotations_by_image[img["id"]])
+    first = gt.annotations_by_image[image["id"]][0]
+    x, y, w, h = first["bbox"]
+    state = LabelState(verified={image["id"]: [{"box": [x, y, x + w, y + h], "category_id": first["category_id"],
+                                                "gt_id": first["id"]}]},
+                       noisy={image["id"]: [{"box": [1.0, 2.0, 30.0, 40.0], "category_id": gt.category_ids[0],
+                                             "score": 0.4}]}, cost=1)
+    write_labels(gt, state, tmp_path / "labels.json")
+    labels = load_coco(tmp_path / "labels.json")
+    assert [img["id"] for img in labels.images] == [image["id"]]
+    dataset = DetectionDataset(labels, data / "train" / "images", category_ids=gt.category_ids)
+    _, target = dataset[0]
+    by_id = {a["id"]: a for a in labels.annotations}
+    # ann_ids map the training boxes back to their records: the noisy one carries "unverified": 1
+    assert [bool(by_id[int(i)].get("unverified", 0)) for i in target["ann_ids"]] == target["unverified"].tolist()
+    assert target["unverified"].tolist() == [False, True]
+
+    only_noisy = {k: (v[1:] if v.ndim and k not in ("image_id", "position", "view") else v) for k, v in target.items()}
+    losses = {}
+    for weight in (1.0, 0.5):
+        model_config = load_config(ROOT / "configs" / "demo_student.yaml",
+                                   ["model.detector=retinanet", "model.min_size=64", "model.max_size=64",
+                                    f"model.unverified_weight={weight}"]).model
+        torch.manual_seed(0)
+        model = build_detector(model_config, num_categories=len(gt.category_ids)).train()
+        losses[weight] = {k: float(v.detach()) for k, v in model([dataset[0][0]], [only_noisy]).items()}
+    # one noisy box: its anchors' regression loss scales by lambda_d (the normaliser is not weighted)
+    assert losses[0.5]["bbox_regression"] == pytest.approx(0.5 * losses[1.0]["bbox_regression"], rel=1e-5)
+    assert losses[0.5]["classification"] < losses[1.0]["classification"]
+
+
+class _StopAfterOneStep(Hook):
+    def after_step(self) -> None:
+        if self.trainer.iter == 1:
+            self.trainer.request_stop()
+
+
+@pytest.mark.slow
+def test_a_run_interrupted_inside_a_round_resumes_to_the_same_result(data: Path, tmp_path: Path) -> None:
+    config = active_learning_config_from_dict(_raw(data))
+    whole = run_active_learning(config, tmp_path / "a")
+    assert [r["round"] for r in whole.rounds] == [0, 1]
+    first, second = whole.rounds
+    assert second["boxes"] == first["boxes"] + second["queried"] and second["queried"] == 4
+    assert second["objects"] + second["background"] + second["duplicates"] == 4
+
+    shutil.copytree(tmp_path / "a" / "round_0", tmp_path / "b" / "round_0")  # the same initial detector
+    with pytest.raises(TrainingInterrupted):
+        run_active_learning(config, tmp_path / "b", hooks=lambda r: [_StopAfterOneStep()] if r == 1 else [])
+    state = json.loads((tmp_path / "b" / "state.json").read_text())
+    assert [r["round"] for r in state["rounds"]] == [0]  # round 1 did not complete
+    resumed = run_active_learning(config, tmp_path / "b")
+    assert resumed.points == whole.points
+    plans = [json.loads((tmp_path / run / "round_1" / "plan.json").read_text()) for run in ("a", "b")]
+    assert plans[0] == plans[1]
+    weights = [torch.load(tmp_path / run / "round_1" / "checkpoint.pt", weights_only=False)["model"] for run in "ab"]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+    # a folder of another configuration is refused, naming the field
+    with pytest.raises(ConfigError, match=r"budget: .* holds a run of another configuration"):
+        run_active_learning(active_learning_config_from_dict(_raw(data, budget=5)), tmp_path / "a")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"colour": 1}, r"colour: unknown field; valid fields: base, train_annotations, .*match_iou"),
+    ({"level": "diagonal"}, r"level: invalid value 'diagonal'; valid choices: box, image"),
+    ({"budget": 0}, r"budget: Input should be greater than or equal to 1; got 0"),
+    ({"measure": "coreset"}, r"measure: box-level coreset needs RoI features \(model.detector faster_rcnn\)"),
+])
+def test_bad_configs_are_one_line_errors_with_exit_status_2(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                           change: dict, message: str) -> None:
+    import yaml
+
+    from pipelines.cli import main
+
+    path = tmp_path / "al.yaml"
+    path.write_text(yaml.safe_dump(_raw(data, **change)))
+    with pytest.raises(SystemExit) as stop:
+        main(["active-learning", "--config", str(path), "--out", str(tmp_path / "out"), "--no-track"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert re.search(message, err), err
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
