@@ -115,6 +115,10 @@ def test_a_run_interrupted_inside_a_round_resumes_to_the_same_result(data: Path,
     ({"level": "diagonal"}, r"level: invalid value 'diagonal'; valid choices: box, image"),
     ({"budget": 0}, r"budget: Input should be greater than or equal to 1; got 0"),
     ({"measure": "coreset"}, r"measure: box-level coreset needs RoI features \(model.detector faster_rcnn\)"),
+    ({"overrides": {"model.detector": "faster_rcnn"}}, r"noisy_score_thresh: faster_rcnn does not dampen unverified"),
+    # round 0 (4 iterations) is valid, the later rounds (2 iterations) are not: checked before training
+    ({"initial_iters": 4, "overrides": {"schedule.warmup_iters": 3}},
+     r"base: .*demo_student.yaml: schedule: warmup_iters \(3\) must be <= max_iter \(2\)"),
 ])
 def test_bad_configs_are_one_line_errors_with_exit_status_2(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                            change: dict, message: str) -> None:
@@ -123,7 +127,9 @@ def test_bad_configs_are_one_line_errors_with_exit_status_2(data: Path, tmp_path
     from pipelines.cli import main
 
     path = tmp_path / "al.yaml"
-    path.write_text(yaml.safe_dump(_raw(data, **change)))
+    raw = _raw(data, **{k: v for k, v in change.items() if k != "overrides"})
+    raw["base"]["overrides"].update(change.get("overrides", {}))
+    path.write_text(yaml.safe_dump(raw))
     with pytest.raises(SystemExit) as stop:
         main(["active-learning", "--config", str(path), "--out", str(tmp_path / "out"), "--no-track"])
     assert stop.value.code == 2
@@ -131,3 +137,25 @@ def test_bad_configs_are_one_line_errors_with_exit_status_2(data: Path, tmp_path
     assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
     assert re.search(message, err), err
     assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
+@pytest.mark.slow
+def test_box_coreset_queries_by_faster_rcnn_roi_features(data: Path, tmp_path: Path) -> None:
+    from curation_core.active.pool import roi_features
+    from curation_core.engine.data import load_image, to_tensor
+    from curation_core.engine.predict import load_detector
+
+    raw = _raw(data, measure="coreset", noisy_score_thresh=None)
+    raw["base"]["overrides"]["model.detector"] = "faster_rcnn"
+    result = run_active_learning(active_learning_config_from_dict(raw), tmp_path / "run")
+    second = result.rounds[1]
+    assert second["queried"] == min(4, second["pool"]) and second["boxes"] == result.rounds[0]["boxes"] + second["queried"]
+    plan = json.loads((tmp_path / "run" / "round_1" / "plan.json").read_text())
+    assert plan["state"]["noisy"] == {}  # noisy_score_thresh: null
+    detector = load_detector(tmp_path / "run" / "round_0" / "checkpoint.pt")
+    gt = load_coco(data / "train" / "annotations.json")
+    image = to_tensor(load_image(data / "train" / "images" / gt.images[0]["file_name"]))
+    boxes = torch.tensor([[2.0, 3.0, 30.0, 40.0], [10.0, 10.0, 50.0, 60.0], [2.0, 3.0, 30.0, 40.0]]).numpy()
+    (features,) = roi_features(detector.model, [image], [boxes], device=detector.device)
+    assert features.shape[0] == 3 and features.shape[1] > 0
+    assert (features[0] == features[2]).all() and not (features[0] == features[1]).all()

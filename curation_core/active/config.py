@@ -19,7 +19,7 @@ Fields (unknown fields are errors that list the valid ones)::
     pool_score_thresh: 0.05       # the pool: detections above this score (high recall) ...
     pool_nms_iou: 0.5             # ... merged class-agnostically (one candidate per object) ...
     pool_max_per_image: 30        # ... at most this many per image
-    noisy_score_thresh: 0.3       # unverified predicted boxes kept as noisy labels (box level)
+    noisy_score_thresh: 0.3       # unverified predicted boxes kept as noisy labels (box level; null: none)
     unverified_weight: 0.5        # lambda_d: the loss weight of the noisy labels
     match_iou: 0.5                # the annotator snaps a box to its best ground truth at IoU >= this
 
@@ -76,8 +76,8 @@ class ActiveLearningConfig(BaseModel):
     pool_score_thresh: Float = Field(0.05, ge=0.0, le=1.0, description="detections above this score form the pool")
     pool_nms_iou: Float = Field(0.5, gt=0.0, le=1.0, description="class-agnostic NMS IoU merging pool boxes")
     pool_max_per_image: Int = Field(30, ge=1, description="most pool boxes per image")
-    noisy_score_thresh: Float = Field(0.3, ge=0.0, le=1.0, description="box level: unverified predictions above "
-                                                                       "this score are noisy labels")
+    noisy_score_thresh: Float | None = Field(0.3, ge=0.0, le=1.0, description="box level: unverified predictions "
+                                              "above this score are noisy labels (null: none)")
     unverified_weight: Float = Field(0.5, ge=0.0, le=1.0, description="lambda_d: loss weight of noisy labels")
     match_iou: Float = Field(0.5, gt=0.0, le=1.0, description="annotator: IoU to snap a box to its ground truth")
 
@@ -85,7 +85,7 @@ class ActiveLearningConfig(BaseModel):
     def _check(self) -> ActiveLearningConfig:
         if (self.val_annotations is None) != (self.val_images is None):
             raise ValueError("val_annotations and val_images must be given together (or both left out)")
-        if self.noisy_score_thresh < self.pool_score_thresh:
+        if self.noisy_score_thresh is not None and self.noisy_score_thresh < self.pool_score_thresh:
             raise ValueError(f"noisy_score_thresh ({self.noisy_score_thresh}) must be >= pool_score_thresh "
                              f"({self.pool_score_thresh}): noisy labels are pool boxes")
         return self
@@ -143,8 +143,9 @@ def active_learning_config_from_dict(raw: dict[str, Any], *, source: str = "<mem
         config = ActiveLearningConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
-    round_training_config(config, round_index=0, output_dir="<check>", train_annotations=config.train_annotations,
-                          source=source)
+    for round_index in range(min(config.rounds, 1) + 1):  # round 0 and the later rounds differ in length
+        round_training_config(config, round_index=round_index, output_dir="<check>",
+                              train_annotations=config.train_annotations, source=source)
     return config
 
 
@@ -169,6 +170,10 @@ def round_training_config(config: ActiveLearningConfig, *, round_index: int, out
     if train_config.curation.method != "none":
         raise ConfigError(f"{source}: base: curation.method must be none (rounds train on their labelled set); "
                           f"got {train_config.curation.method!r}")
+    if config.level == "box" and config.noisy_score_thresh is not None and train_config.model.detector == "faster_rcnn":
+        raise ConfigError(f"{source}: noisy_score_thresh: faster_rcnn does not dampen unverified boxes "
+                          f"(model.unverified_weight applies to retinanet and fcos); set noisy_score_thresh: null "
+                          f"(no noisy labels) or use retinanet or fcos")
     if config.level == "box" and config.measure == "coreset" and train_config.model.detector != "faster_rcnn":
         raise ConfigError(f"{source}: measure: box-level coreset needs RoI features (model.detector faster_rcnn); "
                           f"{train_config.model.detector} has none (as in Desai & Balasubramanian); valid "

@@ -253,6 +253,8 @@ def _refresh_noisy(config: ActiveLearningConfig, state: LabelState, pool: BoxPoo
     """Noisy labels of every box-level labelled image: its current unanswered pool boxes above the threshold."""
     picked = set(int(p) for p in picks)
     state.noisy = {}
+    if config.noisy_score_thresh is None:
+        return
     for image_id in state.verified:
         answered = state.answered(image_id)
         rows = [int(i) for i in pool.rows_of(image_id)
