@@ -91,9 +91,13 @@ def configure_mlflow() -> str:
 def check_tracking_server(uri: str, *, timeout: float = HEALTH_TIMEOUT_S) -> None:
     """Raise ``ConfigError`` naming ``uri`` when an ``http(s)://`` tracking server does not answer.
 
-    Asks the server's ``/health`` endpoint; local stores (``sqlite:///``, ``file:``) need no check. Called
+    Asks the server's ``/health`` endpoint; a database store (``postgresql://``, ``mysql://``, ...) is
+    connected to once; local stores (``sqlite:///``, ``file:``) need no check. Called
     before any training, so an unreachable server fails a run at once, not after hours of work.
     """
+    if uri.split(":", 1)[0].split("+", 1)[0] in _DATABASE_SCHEMES:
+        _check_database(uri, timeout=timeout)
+        return
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -104,6 +108,29 @@ def check_tracking_server(uri: str, *, timeout: float = HEALTH_TIMEOUT_S) -> Non
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ConfigError(f"MLflow tracking server {uri} is unreachable ({reason}); start it or set "
+                          f"MLFLOW_TRACKING_URI") from None
+
+
+#: Tracking URIs that name a database server directly (SQLAlchemy dialects MLflow supports).
+_DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+
+
+def _check_database(uri: str, *, timeout: float) -> None:
+    """Raise ``ConfigError`` naming ``uri`` (password hidden) when its database does not accept a connection."""
+    import sqlalchemy
+
+    shown = sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": max(1, int(timeout))})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except ImportError as exc:
+        raise ConfigError(f"MLflow tracking database {shown}: its driver is not installed ({exc}); "
+                          f"{INSTALL_HINT}") from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
+        raise ConfigError(f"MLflow tracking database {shown} is unreachable ({reason}); start it or set "
                           f"MLFLOW_TRACKING_URI") from None
 
 
@@ -453,6 +480,20 @@ def log_active_learning(summary: Any, config_path: str | os.PathLike[str], *, ru
         log_metrics(client, run_id, metrics)
         for path in (summary.curve_path, config_path):
             client.log_artifact(run_id, str(path), artifact_path="active_learning")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def log_report(folder: str | os.PathLike[str], *, run_name: str = "report") -> str:
+    """Log a report folder (``components.html_report``: report.html, report.md, figures/) as the
+    artifacts of a new run under ``report/``; return the run id."""
+    client = mlflow_client()
+    run_id = client.create_run(experiment_id(client), run_name=run_name).info.run_id
+    try:
+        client.log_artifacts(run_id, str(folder), artifact_path="report")
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise

@@ -40,6 +40,8 @@ def cli() -> None:
                 detcurate evaluate --checkpoint CKPT --annotations A.json --images DIR   (a trained model)
     Training:    detcurate train --config FILE [--set key=value] [--resume]
     Figures:     detcurate report --run NAME=runs/NAME/metrics.json --out FIG.png
+    Report:      detcurate report-html --out DIR   (benchmarks and a pipeline run, HTML + Markdown)
+    Registry:    detcurate models | models promote NAME [VERSION]   (champion only if better)
     Robustness:  detcurate robustness --config configs/robustness_demo.yaml --out DIR
     Curation:    detcurate curation-report --selections runs/NAME/selections.csv --annotations A.json --out DIR
     Balancing:   detcurate balance --annotations A.json [--images DIR] [--checkpoint CKPT] --out M.json
@@ -59,6 +61,7 @@ cli.add_command(models_cmds.models_cmd)
 cli.add_command(pipeline_cmds.pipeline)
 cli.add_command(quality_cmds.quality_cmd)
 cli.add_command(report_cmds.report_cmd)
+cli.add_command(report_cmds.html_report_cmd)
 cli.add_command(robustness_cmds.robustness_cmd)
 cli.add_command(score_cmds.score_cmd)
 cli.add_command(train_cmds.train_cmd)

@@ -37,3 +37,26 @@ def report_cmd(runs: tuple[str, ...], out: Path, stats: tuple[str, ...], title: 
         raise ConfigError("--run: every label must be different")
     path = plot_training_curves(parsed, out, stats=stats, title=title)
     ui.stdout.print(f"wrote {path}")
+
+
+@click.command("report-html")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder to write report.html, report.md and figures/ into (whole or not at all).")
+@click.option("--results", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True,
+              help="Benchmark results folder (<name>.md tables, <name>.json rows, <name>*.png figures).")
+@click.option("--pipeline-report", type=click.Path(path_type=Path),
+              help="Report folder of a pipeline run (report.md, training_curves.png), shown first.")
+@click.option("--title", default="DetCurate report", show_default=True, help="Title of the report.")
+@click.option("--no-track", is_flag=True, help="Do not log the report to MLflow.")
+def html_report_cmd(out: Path, results: Path, pipeline_report: Path | None, title: str, no_track: bool) -> None:
+    """One HTML report (self-contained, figures embedded) and its Markdown twin, of the benchmark
+    results and a pipeline run; logged to MLflow as the artifacts of a run named `report`."""
+    from components.html_report import write_report
+
+    paths = write_report(out, results_dir=results, pipeline_dir=pipeline_report, title=title)
+    ui.stdout.print(f"wrote {paths['html']} and {paths['markdown']} ({len(paths['figures'])} figures)")
+    if not no_track:
+        from pipelines.tracking import log_report
+
+        run_id = log_report(out)
+        ui.stdout.print(f"logged to MLflow run {run_id} (artifacts under report/)")
