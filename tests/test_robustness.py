@@ -208,6 +208,23 @@ def test_a_half_trained_cell_of_another_recipe_or_a_refused_checkpoint_restarts_
     assert trained == [("normal__focal__none__seed0", 0)]
 
 
+@pytest.mark.slow
+def test_a_detgain_curated_cell_trains_with_a_teacher_checkpoint(tmp_path: Path) -> None:
+    from curation_core.engine.config import load_config
+    from curation_core.engine.trainer import train
+    from curation_core.robustness.runner import run_robustness
+
+    base = _base_config(tmp_path)
+    teacher = train(load_config(base, ["schedule.max_iter=1", f"train.output_dir={tmp_path / 'teacher'}"]))
+    grid = _grid_file(tmp_path, modes=["extreme"], curations=["detgain"],
+                      curation_overrides={"detgain": {"curation.teacher": str(teacher.checkpoint),
+                                                      "curation.super_batch": 4}})
+    result = run_robustness(load_robustness_config(grid), tmp_path / "out")
+    assert [(c["mode"], c["curation"]) for c in result.cells] == [("extreme", "detgain")]
+    cell = tmp_path / "out" / "cells" / "extreme__focal__detgain__seed0"
+    assert len((cell / "selections.csv").read_text().splitlines()) == 1 + 3 * 4  # 3 steps, 4 images scored each
+
+
 # ----------------------------------------------------------------------------------------------
 # Errors: one line, exit status 2, nothing trained
 
