@@ -159,3 +159,25 @@ def test_box_coreset_queries_by_faster_rcnn_roi_features(data: Path, tmp_path: P
     (features,) = roi_features(detector.model, [image], [boxes], device=detector.device)
     assert features.shape[0] == 3 and features.shape[1] > 0
     assert (features[0] == features[2]).all() and not (features[0] == features[1]).all()
+
+
+def test_the_curve_is_logged_to_mlflow_one_step_per_round(data: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("mlflow")
+    from components.active_learning import ActiveLearningSummary
+    from pipelines.tracking import log_active_learning, mlflow_client
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    curve = tmp_path / "curve.json"
+    curve.write_text("{}")
+    rounds = [{"round": 0, "boxes": 30, "AP": 0.1, "AP50": 0.2, "images": 6, "queried": 0, "background": 0},
+              {"round": 1, "boxes": 34, "AP": 0.15, "AP50": 0.3, "images": 8, "queried": 4, "background": 1}]
+    config = active_learning_config_from_dict(_raw(data))
+    config_file = tmp_path / "al.yaml"
+    config_file.write_text("{}")
+    run_id = log_active_learning(ActiveLearningSummary(config, curve, [[30, 0.1], [34, 0.15]], rounds), config_file)
+    client = mlflow_client()
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "active_learning/AP")] == [(30, 0.1), (34, 0.15)]
+    assert [m.value for m in client.get_metric_history(run_id, "active_learning/queried")] == [0, 4]
+    run = client.get_run(run_id)
+    assert run.data.params["active_learning.level"] == "box" and run.info.status == "FINISHED"

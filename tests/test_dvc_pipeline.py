@@ -164,7 +164,7 @@ TINY_PARAMS = {
     "curated": {"method": "detgain", "estimator": "empirical", "super_batch": 4, "score_every": 1, "warmup_iters": 0},
     "robustness": {"iterations": 2, "warmup_iters": 1, "batch_size": 2},
     "active_learning": {"level": "box", "measure": "uncertainty", "rounds": 1, "budget": 3, "initial_images": 3,
-                        "initial_iters": 2, "round_iters": 1, "batch_size": 2},
+                        "initial_iters": 2, "round_iters": 1, "warmup_iters": 1, "batch_size": 2},
 }
 
 
