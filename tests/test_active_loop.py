@@ -108,6 +108,10 @@ def test_a_run_interrupted_inside_a_round_resumes_to_the_same_result(data: Path,
     # a folder of another configuration is refused, naming the field
     with pytest.raises(ConfigError, match=r"budget: .* holds a run of another configuration"):
         run_active_learning(active_learning_config_from_dict(_raw(data, budget=5)), tmp_path / "a")
+    # a round-0 folder serves runs that differ in what round 0 does not depend on, not in the rest
+    shutil.copytree(tmp_path / "a" / "round_0", tmp_path / "c" / "round_0")
+    with pytest.raises(ConfigError, match=r"seed: .*round_0 holds a run of another configuration \(seed is 0 there\)"):
+        run_active_learning(active_learning_config_from_dict(_raw(data, seed=1)), tmp_path / "c")
 
 
 @pytest.mark.parametrize(("change", "message"), [

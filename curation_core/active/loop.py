@@ -52,6 +52,10 @@ PLAN_NAME = "plan.json"
 LABELS_NAME = "labels.json"
 #: Version of ``state.json`` and ``plan.json``.
 STATE_VERSION = 1
+#: The fields round 0 depends on: a round-0 folder may be shared by runs that differ only in the others
+#: (the benchmark trains one initial detector per seed for every level and measure).
+ROUND0_FIELDS = ("base", "train_annotations", "train_images", "val_annotations", "val_images", "seed",
+                 "initial_images", "initial_iters", "unverified_weight")
 
 
 @dataclass
@@ -138,13 +142,14 @@ def run_active_learning(config: ActiveLearningConfig, out_dir: str | os.PathLike
         plan_path = round_dir / PLAN_NAME
         if plan_path.is_file():
             plan = read_json(plan_path)
+            _check_same(config, plan.get("config"), ROUND0_FIELDS if r == 0 else None, where=plan_path, source=source)
             state, details = LabelState.from_dict(plan["state"]), plan["details"]
         else:
             state, details = (_initial_state(config, gt) if r == 0 else
                               _query_round(config, gt, state, out / f"round_{r - 1}", r, progress))
             write_labels(gt, state, round_dir / LABELS_NAME)
-            write_json_atomic(plan_path, {"version": STATE_VERSION, "round": r, "state": state.to_dict(),
-                                          "details": details}, indent=1)
+            write_json_atomic(plan_path, {"version": STATE_VERSION, "round": r, "config": config.model_dump(mode="json"),
+                                          "state": state.to_dict(), "details": details}, indent=1)
         stats = _train_round(config, r, round_dir, out, source, progress, list(hooks(r)) if hooks else [])
         record = {"round": r, "boxes": state.cost, "AP": stats["AP"], "AP50": stats["AP50"],
                   "images": len(state.labelled_images()), **details}
@@ -159,17 +164,25 @@ def run_active_learning(config: ActiveLearningConfig, out_dir: str | os.PathLike
 def _load_state(config: ActiveLearningConfig, out: Path, source: str) -> tuple[LabelState, list[dict[str, Any]]]:
     path = out / STATE_NAME
     if not path.is_file():
-        if any(out.glob("round_*/" + PLAN_NAME)) and not (out / "round_0" / PLAN_NAME).is_file():
-            raise ConfigError(f"{out}: holds rounds but no {STATE_NAME}; choose an empty --out")
         return LabelState(), []
     saved = read_json(path)
-    mine = config.model_dump(mode="json")
-    if saved.get("config") != mine:
-        diff = next((k for k in mine if saved.get("config", {}).get(k) != mine[k]), "config")
-        raise ConfigError(f"{source}: {diff}: {out} holds a run of another configuration ({diff} differs: "
-                          f"{saved.get('config', {}).get(diff)!r} there); choose another --out")
+    _check_same(config, saved.get("config"), None, where=path, source=source)
     rounds = list(saved["rounds"])[: config.rounds + 1]
     return LabelState.from_dict(saved["state"]), rounds
+
+
+def _check_same(config: ActiveLearningConfig, saved: dict[str, Any] | None, fields: Sequence[str] | None, *,
+                where: Path, source: str) -> None:
+    """``ConfigError`` naming the first field (of ``fields``; default all but ``rounds``, which a run may
+    extend) in which ``config`` differs from the saved configuration (files without one pass)."""
+    mine = config.model_dump(mode="json")
+    if saved is None:
+        return
+    names = fields if fields is not None else [k for k in mine if k != "rounds"]
+    diff = next((k for k in names if saved.get(k) != mine[k]), None)
+    if diff is not None:
+        raise ConfigError(f"{source}: {diff}: {where.parent} holds a run of another configuration ({diff} is "
+                          f"{saved.get(diff)!r} there); choose another --out")
 
 
 def _initial_state(config: ActiveLearningConfig, gt: CocoDataset) -> tuple[LabelState, dict[str, Any]]:
