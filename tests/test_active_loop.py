@@ -108,6 +108,12 @@ def test_a_run_interrupted_inside_a_round_resumes_to_the_same_result(data: Path,
     # a folder of another configuration is refused, naming the field
     with pytest.raises(ConfigError, match=r"budget: .* holds a run of another configuration"):
         run_active_learning(active_learning_config_from_dict(_raw(data, budget=5)), tmp_path / "a")
+    # box DetGain: the learnability of the pool boxes under a teacher (here the initial detector itself)
+    shutil.copytree(tmp_path / "a" / "round_0", tmp_path / "d" / "round_0")
+    teacher = str(tmp_path / "a" / "round_0" / "checkpoint.pt")
+    detgain = run_active_learning(active_learning_config_from_dict(_raw(data, measure="detgain", teacher=teacher)),
+                                  tmp_path / "d")
+    assert detgain.rounds[1]["queried"] == min(4, detgain.rounds[1]["pool"])
     # a round-0 folder serves runs that differ in what round 0 does not depend on, not in the rest
     shutil.copytree(tmp_path / "a" / "round_0", tmp_path / "c" / "round_0")
     with pytest.raises(ConfigError, match=r"seed: .*round_0 holds a run of another configuration \(seed is 0 there\)"):
@@ -120,6 +126,11 @@ def test_a_run_interrupted_inside_a_round_resumes_to_the_same_result(data: Path,
     ({"budget": 0}, r"budget: Input should be greater than or equal to 1; got 0"),
     ({"measure": "coreset"}, r"measure: box-level coreset needs RoI features \(model.detector faster_rcnn\)"),
     ({"overrides": {"model.detector": "faster_rcnn"}}, r"noisy_score_thresh: faster_rcnn does not dampen unverified"),
+    ({"measure": "detgain"}, r"teacher is needed by measure detgain, and by it only"),
+    ({"level": "image", "measure": "detgain"}, r"measure 'detgain' is not an image-level measure; valid choices: "
+                                               r"random, uncertainty, coreset"),
+    ({"measure": "detgain", "teacher": "/nonexistent/teacher.pt"}, r"teacher: checkpoint /nonexistent/teacher.pt "
+                                                                   r"does not exist"),
     # round 0 (4 iterations) is valid, the later rounds (2 iterations) are not: checked before training
     ({"initial_iters": 4, "overrides": {"schedule.warmup_iters": 3}},
      r"base: .*demo_student.yaml: schedule: warmup_iters \(3\) must be <= max_iter \(2\)"),

@@ -118,7 +118,47 @@ def test_measures_reject_missing_inputs_and_unknown_names() -> None:
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match=r"pick_boxes\(features=\) expects \(2, D\) box features for coreset; got None"):
         pick_boxes(pool, "coreset", 1, rng=rng)
-    with pytest.raises(ValueError, match=r"pick_boxes\(measure=\) expects one of random, uncertainty, coreset; got 'x'"):
+    with pytest.raises(ValueError, match=r"pick_boxes\(measure=\) expects one of random, uncertainty, coreset, detgain; got 'x'"):
         pick_boxes(pool, "x", 1, rng=rng)
     with pytest.raises(ValueError, match=r"rank_images\(embeddings=\) expects \(2, D\)"):
         rank_images("coreset", [1, 2], rng=rng)
+
+
+def test_expected_box_gain_on_a_hand_computed_case() -> None:
+    from curation_core.active.measures import DetectionCounts, expected_box_gain
+
+    # D: T = 1, F = 1, N = 2 for category 3 (one IoU threshold); a box of score p = 0.5:
+    # tp_gain = (1/2) [(1 * 0.5 + 1) / (2 * 0.5 + 1) + (1 * 1 / 4) ln(3 / 2)], fp_gain = -(1/2)(1/4) ln(3/2),
+    # so p tp_gain + (1 - p) fp_gain = 0.5 * 0.75 / 2 = 0.1875 exactly.
+    counts = DetectionCounts(np.array([3]), np.array([[1.0]]), np.array([[1.0]]), np.array([2.0]))
+    gains = expected_box_gain(np.array([0.5, 0.5, 0.0]), np.array([3, 5, 3]), counts)
+    assert gains[0] == pytest.approx(0.1875, abs=1e-12)
+    assert gains[1] == 0.0  # category 5 is not in D's mAP
+    assert gains[2] == 0.0  # p = 0: a sure false positive at score 0 ranks below all of D and moves nothing
+
+
+def test_detection_counts_and_teacher_scores_and_learnability() -> None:
+    from curation_core.active.measures import box_learnability, detection_counts, teacher_box_scores
+    from curation_core.coco import dataset_from_dict
+    from curation_core.matching import match_dataset
+
+    gt = dataset_from_dict({"images": [{"id": 1, "width": 100, "height": 100, "file_name": "a.png"}],
+                            "categories": [{"id": 3, "name": "a"}, {"id": 5, "name": "b"}],
+                            "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [0, 0, 10, 10]},
+                                            {"id": 2, "image_id": 1, "category_id": 3, "bbox": [50, 50, 10, 10]}]})
+    counts = detection_counts(match_dataset(gt, [_det(1, [0, 0, 10, 10], 0.9), _det(1, [20, 20, 10, 10], 0.8)]))
+    assert counts.category_ids.tolist() == [3, 5] and counts.num_gt.tolist() == [2.0, 0.0]
+    assert (counts.tp[0] == 1).all() and (counts.fp[0] == 1).all() and not counts.tp[1].any()
+
+    pool = BoxPool(np.array([1, 1, 2]), np.array([[0, 0, 10, 10], [40, 40, 50, 50], [0, 0, 10, 10]], dtype=float),
+                   np.array([0.5, 0.5, 0.2]), np.array([3, 3, 3]))
+    teacher = [_det(1, [0, 0, 10, 9], 0.7), _det(1, [0, 0, 10, 10], 0.95, 5), _det(1, [0, 0, 10, 10], 0.6)]
+    # box 0: teacher boxes of its class at IoU 0.9 and 1 -> the larger score; box 1: no overlap; image 2: none
+    np.testing.assert_allclose(teacher_box_scores(pool, teacher), [0.7, 0.0, 0.0])
+    from curation_core.active.measures import expected_box_gain
+
+    learn = box_learnability(pool, teacher_scores=np.array([0.7, 0.0, 0.0]), teacher_counts=counts,
+                             student_counts=counts)
+    np.testing.assert_allclose(learn, expected_box_gain(np.array([0.7, 0.0, 0.0]), pool.category_ids, counts)
+                               - expected_box_gain(pool.scores, pool.category_ids, counts))
+    assert pick_boxes(pool, "detgain", 1, rng=np.random.default_rng(0), learnability=learn).tolist() == [0]

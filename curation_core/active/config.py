@@ -8,7 +8,8 @@ Fields (unknown fields are errors that list the valid ones)::
     train_annotations, train_images   # the fully annotated pool: the simulated annotator's ground truth
     val_annotations, val_images       # where each round's detector is evaluated (default: the base's)
     level: box                    # box (fine-grained querying) or image (whole images, the baseline)
-    measure: uncertainty          # box: random, uncertainty, coreset; image: random, uncertainty, coreset
+    measure: uncertainty          # box: random, uncertainty, coreset, detgain; image: random, uncertainty, coreset
+    teacher: null                 # detgain: the teacher's checkpoint
     seed: 0                       # initial set, random picks, training seed
     initial_images: 40            # the random, fully labelled start
     rounds: 4                     # query rounds after the initial detector
@@ -48,9 +49,9 @@ Float = Annotated[float, Strict()]
 #: Query levels: single boxes (Desai & Balasubramanian, CVPRW 2020) or whole images (the baseline).
 LEVELS = ("box", "image")
 #: Informativeness measures per level (``curation_core.active.measures``).
-MEASURES = {"box": ("random", "uncertainty", "coreset"), "image": ("random", "uncertainty", "coreset")}
+MEASURES = {"box": ("random", "uncertainty", "coreset", "detgain"), "image": ("random", "uncertainty", "coreset")}
 Level = Literal["box", "image"]
-Measure = Literal["random", "uncertainty", "coreset"]
+Measure = Literal["random", "uncertainty", "coreset", "detgain"]
 
 
 class ActiveLearningConfig(BaseModel):
@@ -65,6 +66,7 @@ class ActiveLearningConfig(BaseModel):
     val_images: str | None = Field(None, description="its image folder (default: the base config's)")
     level: Level = Field("box", description="query boxes (box) or whole images (image)")
     measure: Measure = Field("uncertainty", description="informativeness measure")
+    teacher: str | None = Field(None, description="measure detgain: the teacher detector's checkpoint")
     seed: Int = Field(0, ge=0, description="initial set, random picks and training seed")
     initial_images: Int = Field(40, ge=1, description="random, fully labelled images of the initial detector")
     rounds: Int = Field(4, ge=0, description="query rounds after the initial detector")
@@ -85,6 +87,12 @@ class ActiveLearningConfig(BaseModel):
     def _check(self) -> ActiveLearningConfig:
         if (self.val_annotations is None) != (self.val_images is None):
             raise ValueError("val_annotations and val_images must be given together (or both left out)")
+        if self.measure not in MEASURES[self.level]:
+            raise ValueError(f"measure {self.measure!r} is not an {self.level}-level measure; valid choices: "
+                             f"{', '.join(MEASURES[self.level])}")
+        if (self.measure == "detgain") != (self.teacher is not None):
+            raise ValueError(f"teacher is needed by measure detgain, and by it only; got measure {self.measure!r} "
+                             f"with teacher {self.teacher!r}")
         if self.noisy_score_thresh is not None and self.noisy_score_thresh < self.pool_score_thresh:
             raise ValueError(f"noisy_score_thresh ({self.noisy_score_thresh}) must be >= pool_score_thresh "
                              f"({self.pool_score_thresh}): noisy labels are pool boxes")
@@ -143,6 +151,8 @@ def active_learning_config_from_dict(raw: dict[str, Any], *, source: str = "<mem
         config = ActiveLearningConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
+    if config.teacher is not None and not Path(config.teacher).is_file():
+        raise ConfigError(f"{source}: teacher: checkpoint {config.teacher} does not exist")
     for round_index in range(min(config.rounds, 1) + 1):  # round 0 and the later rounds differ in length
         round_training_config(config, round_index=round_index, output_dir="<check>",
                               train_annotations=config.train_annotations, source=source)

@@ -212,10 +212,13 @@ def _query_round(config: ActiveLearningConfig, gt: CocoDataset, previous: LabelS
     rng = np.random.default_rng([config.seed, r])
     if config.level == "image":
         return _query_images(config, gt, state, pool, open_ids, detector, rng)
-    features = labelled = None
+    features = labelled = learnability = None
     if config.measure == "coreset":
         features, labelled = _box_features(detector, gt, config.train_images, pool, state)
-    picks = pick_boxes(pool, config.measure, config.budget, rng=rng, features=features, labelled_features=labelled)
+    if config.measure == "detgain":
+        learnability = _learnability(config, gt, state, detector, pool, progress)
+    picks = pick_boxes(pool, config.measure, config.budget, rng=rng, features=features, labelled_features=labelled,
+                       learnability=learnability)
     details = _annotate(config, gt, state, pool, picks)
     _refresh_noisy(config, state, pool, picks)
     return state, {**details, "pool": len(pool)}
@@ -278,6 +281,26 @@ def _refresh_noisy(config: ActiveLearningConfig, state: LabelState, pool: BoxPoo
         if rows:
             state.noisy[image_id] = [{"box": [float(v) for v in pool.boxes[i]], "category_id": int(pool.category_ids[i]),
                                       "score": float(pool.scores[i])} for i in rows]
+
+
+def _learnability(config: ActiveLearningConfig, gt: CocoDataset, state: LabelState, student: Any, pool: BoxPool,
+                  progress: ProgressFn | None) -> np.ndarray:
+    """DetGain learnability of the pool boxes; D of each model: its detections on the fully labelled images."""
+    from curation_core.active.measures import box_learnability, detection_counts, teacher_box_scores
+    from curation_core.engine.predict import load_detector, predict_dataset
+    from curation_core.matching import match_dataset
+
+    assert config.teacher is not None  # the config requires it for detgain
+    teacher = load_detector(config.teacher, device=_device(config))
+    _set_thresholds(teacher.model, config.pool_score_thresh, config.pool_max_per_image * 4)
+    labelled = _subset(gt, state.full)
+    counts = {name: detection_counts(match_dataset(labelled, predict_dataset(model, labelled, config.train_images,
+                                                                              progress=progress)))
+              for name, model in (("teacher", teacher), ("student", student))}
+    pooled = _subset(gt, sorted(set(pool.image_ids.tolist())))
+    teacher_scores = teacher_box_scores(pool, predict_dataset(teacher, pooled, config.train_images, progress=progress))
+    return box_learnability(pool, teacher_scores=teacher_scores, teacher_counts=counts["teacher"],
+                            student_counts=counts["student"])
 
 
 def _box_features(detector: Any, gt: CocoDataset, image_root: str, pool: BoxPool,

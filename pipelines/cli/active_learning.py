@@ -32,7 +32,7 @@ def active_learning_cmd(config_path: Path, out_dir: Path, overrides: tuple[str, 
     \b
     Round 0 trains a detector on a few random, fully labelled images. Each later round predicts the
     unlabelled pool at a low score threshold, queries `budget` boxes by the measure (random,
-    uncertainty, coreset), snaps each to its ground-truth box at IoU >= 0.5 (else background), adds
+    uncertainty, coreset, detgain), snaps each to its ground-truth box at IoU >= 0.5 (else background), adds
     the images with a verified box to the labelled set (their other predictions as noisy labels of
     loss weight lambda_d) and retrains. Cost is counted in boxes. Writes OUT/curve.json after every
     round; run the same command again to resume at the last completed round.
