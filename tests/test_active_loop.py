@@ -196,3 +196,27 @@ def test_the_curve_is_logged_to_mlflow_one_step_per_round(data: Path, tmp_path: 
     assert [m.value for m in client.get_metric_history(run_id, "active_learning/queried")] == [0, 4]
     run = client.get_run(run_id)
     assert run.data.params["active_learning.level"] == "box" and run.info.status == "FINISHED"
+
+
+def test_the_shipped_config_and_the_dvc_stage_are_valid() -> None:
+    import shlex
+
+    import yaml
+
+    from curation_core.active.config import load_active_learning_config
+
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["active_learning"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cmd = re.sub(r"\$\{([\w.]+)\}", lambda m: str(_lookup(params, m.group(1))), stage["cmd"])
+    args = shlex.split(cmd)
+    overrides = [value for flag, value in zip(args, args[1:], strict=False) if flag == "--set"]
+    config = load_active_learning_config(ROOT / args[args.index("--config") + 1], overrides)
+    assert config.level == params["active_learning"]["level"] and config.rounds == params["active_learning"]["rounds"]
+    assert config.train_annotations.startswith("data/synth") and config.val_images.startswith("data/synth")
+    assert args[args.index("--out") + 1] in stage["outs"]
+
+
+def _lookup(tree: dict, dotted: str) -> object:
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
