@@ -316,6 +316,7 @@ def test_dvc_stage_runs_the_demo_grid(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.seeds == (params["seed"],)
 
 
+@pytest.mark.slow  # about 30 s: creating the MLflow sqlite store dominates
 def test_a_finished_grid_is_logged_to_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("mlflow")
     from curation_core.io import write_json_atomic
