@@ -176,6 +176,7 @@ def test_box_coreset_queries_by_faster_rcnn_roi_features(data: Path, tmp_path: P
     assert (features[0] == features[2]).all() and not (features[0] == features[1]).all()
 
 
+@pytest.mark.slow  # creating an MLflow sqlite store takes most of its time
 def test_the_curve_is_logged_to_mlflow_one_step_per_round(data: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("mlflow")
