@@ -112,8 +112,10 @@ def test_a_training_step_killed_halfway_leaves_no_output_and_a_rerun_finishes(tm
     assert not staging_dir(model).exists()
     record = json.loads((model / DONE_NAME).read_text())
     assert record["result"]["iterations"] == 6 and (model / "checkpoint.pt").is_file()
+    stamp = (model / "checkpoint.pt").stat().st_mtime_ns
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)  # finished: reused, not retrained
-    assert again.returncode == 0 and (model / DONE_NAME).read_text() == json.dumps(record, indent=2)
+    assert again.returncode == 0 and json.loads((model / DONE_NAME).read_text()) == record
+    assert (model / "checkpoint.pt").stat().st_mtime_ns == stamp
 
 
 def _git(*args: str, cwd: Path) -> str:
