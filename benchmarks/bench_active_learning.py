@@ -141,8 +141,12 @@ def summary_rows(curves: list[dict[str, Any]]) -> list[dict[str, Any]]:
             mine = [c for c in curves if c["level"] == level and c["measure"] == measure]
             for r in range(max((len(c["points"]) for c in mine), default=0)):
                 pts = np.asarray([c["points"][r] for c in mine if len(c["points"]) > r], dtype=np.float64)
+                done = [c["rounds"][r] for c in mine if len(c["rounds"]) > r]
                 rows.append({"level": level, "measure": measure, "round": r, "seeds": len(pts),
-                             "boxes": float(pts[:, 0].mean()), "AP_mean": float(pts[:, 1].mean()),
+                             "boxes": float(pts[:, 0].mean()), "images": float(np.mean([d["images"] for d in done])),
+                             "objects": float(np.mean([d["objects"] for d in done])),
+                             "background": float(np.mean([d["background"] for d in done])),
+                             "AP_mean": float(pts[:, 1].mean()),
                              "AP_std": float(pts[:, 1].std(ddof=1)) if len(pts) > 1 else float("nan"),
                              "AP_min": float(pts[:, 1].min()), "AP_max": float(pts[:, 1].max())})
     return rows
@@ -159,11 +163,14 @@ def write_outputs(out: Path, profile_name: str, curves: list[dict[str, Any]], wa
     lines = [f"# Active learning: val AP against boxes labelled (profile `{profile_name}`)", "",
              "RetinaNet (nano backbone) on the synthetic shapes; mean and sample std of AP over the seeds "
              "finished; `boxes` is the mean annotation cost (ground-truth boxes of fully labelled images, one "
-             "per box query).", "",
-             "| level | measure | round | seeds | boxes | AP mean | AP std | AP min | AP max |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['level']} | {r['measure']} | {r['round']} | {r['seeds']} | {r['boxes']:.0f} | {r['AP_mean']:.4f} "
-              f"| {r['AP_std']:.4f} | {r['AP_min']:.4f} | {r['AP_max']:.4f} |" for r in rows]
+             "per box query); `objects` / `background`: the round's answers that added a labelled object / were "
+             "background (image level: the boxes of the images taken); `images`: labelled images after the round.",
+             "", "| level | measure | round | seeds | boxes | objects | background | images | AP mean | AP std | "
+                 "AP min | AP max |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['level']} | {r['measure']} | {r['round']} | {r['seeds']} | {r['boxes']:.0f} | {r['objects']:.1f} | "
+              f"{r['background']:.1f} | {r['images']:.1f} | {r['AP_mean']:.4f} | {r['AP_std']:.4f} | "
+              f"{r['AP_min']:.4f} | {r['AP_max']:.4f} |" for r in rows]
     lines += ["", f"![curves]({out.with_suffix('.png').name})", ""]
     write_bytes_atomic(out.with_suffix(".md"), "\n".join(lines).encode())
     write_bytes_atomic(out.with_suffix(".png"), _figure(rows))

@@ -41,7 +41,7 @@ def test_smoke_profile_writes_the_curves_table_and_plot_and_resumes(tmp_path: Pa
             assert b1 - b0 == curve["rounds"][1]["objects"] and b1 > b0
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
     table = out.with_suffix(".md").read_text()
-    assert "| box | uncertainty | 1 | 1 |" in table
+    assert "| box | uncertainty | 1 | 1 |" in table and "| objects | background |" in table
     stamp = (tmp_path / "work" / "box__random__seed0" / "state.json").stat().st_mtime_ns
     bench.main(args)  # finished cells are not run again
     assert (tmp_path / "work" / "box__random__seed0" / "state.json").stat().st_mtime_ns == stamp
