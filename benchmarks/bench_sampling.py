@@ -16,9 +16,10 @@ killed cell resumes from its checkpoint.
 Two measurements besides the grid, each a cell of its own:
 
 - ``overhead``: training images/s of every variant against its plain detector, side by side in one
-  process (the same batches, variants interleaved round-robin, the median of the rounds; each step
-  is a full training step at learning rate 0, so every variant keeps the initial weights and sees the
-  same inputs), so a machine shared with other work slows every variant alike;
+  process (the same batches, variants interleaved round-robin, the median of the rounds; every round
+  builds each variant afresh from the same seed and times full training steps at learning rate 0, so
+  every variant has the same weights and inputs); time is the process's CPU time (one thread), so
+  other work on a shared machine hardly enters, and images/s are those of one idle core;
 - ``histogram``: the IoU histogram of the negatives the RoI heads draw with random sampling, Libra
   with bins over the negatives' own IoU range, and Libra with mmdetection's range (to the largest
   IoU of any proposal: mmdetection issue 5323), on the RPN proposals of a trained baseline model.
@@ -170,20 +171,18 @@ def measure_overhead(work: Path, profile: Profile, keys: list[tuple[str, str]]) 
     b = profile.batch_size
     batches = [collate([dataset[(j % len(dataset), j)] for j in range(k * b, (k + 1) * b)])
                for k in range(profile.overhead_steps)]
-    runners = {}
-    for key in keys:
-        torch.manual_seed(0)
-        model = build_detector(ModelConfig(**model_section(profile, *key)), num_categories=len(categories)).train()
-        # lr 0: the step costs what a training step costs, and every variant stays at the same weights.
-        optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0)
-        runners[key] = (model, optimizer)
-        _steps(model, optimizer, batches[:1])  # warm-up: first-call allocations
     seconds: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
     for r in range(profile.overhead_rounds):
         for key in keys[r % len(keys):] + keys[: r % len(keys)]:  # rotate the order every round
-            start = time.perf_counter()
-            _steps(*runners[key], batches)
-            seconds[key].append(time.perf_counter() - start)
+            # A fresh model every round, from the same seed (so the same weights).
+            torch.manual_seed(0)
+            model = build_detector(ModelConfig(**model_section(profile, *key)), num_categories=len(categories)).train()
+            # lr 0: the step costs what a training step costs, and every variant keeps the same weights.
+            optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0)
+            _steps(model, optimizer, batches[:1])  # warm-up: first-call allocations
+            start = time.process_time()  # CPU time of this one-thread process: other load barely counts
+            _steps(model, optimizer, batches)
+            seconds[key].append(time.process_time() - start)
     rate = {key: profile.overhead_steps * b / float(np.median(s)) for key, s in seconds.items()}
     return [{"detector": d, "variant": v, "images_per_s": rate[(d, v)],
              "ratio": rate[(d, v)] / rate[(d, "baseline")] if (d, "baseline") in rate else math.nan}
@@ -356,6 +355,12 @@ class Results:
     def save(self) -> None:
         from curation_core.io import write_json_atomic
 
+        if self.path.is_file():  # keep cells another process of the same profile wrote meanwhile
+            old = json.loads(self.path.read_text())
+            if old.get("profile", {}).get("name") == self.payload["profile"]["name"]:
+                mine = self.done()
+                self.payload["cells"] += [c for c in old.get("cells", [])
+                                          if (c["detector"], c["variant"], c["seed"]) not in mine]
         self.payload["machine"] = machine_info()
         self.payload["cells"].sort(key=lambda c: (list(VARIANTS).index((c["detector"], c["variant"])), c["seed"]))
         write_json_atomic(self.path, self.payload, indent=2)
