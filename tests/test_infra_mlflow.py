@@ -3,8 +3,8 @@ tracked training of the demo student config against it, registration and loading
 two trainings logging to the server at the same time.
 
 Skipped, with the reason, where no PostgreSQL answers on 127.0.0.1:5432. Each test session uses a
-database of its own (dropped afterwards). About 2 to 4 minutes: the server alone takes about 50 s to
-start on 2 cores.
+database of its own (dropped afterwards). 12 minutes measured on the 2-core machine while an image build
+shared it (the server took 270 s to answer; about 50 s on an idle machine): expect 3 to 12 minutes.
 """
 
 from __future__ import annotations
