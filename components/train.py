@@ -64,14 +64,18 @@ def train_detector(config_path: str, overrides: Sequence[str] = (), *, hooks: Se
 
 
 def pipeline_config(config: Mapping[str, Any], *, data_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str],
-                    teacher: str | os.PathLike[str] | None = None, source: str = "<pipeline>") -> TrainConfig:
+                    teacher: str | os.PathLike[str] | None = None, manifest: str | os.PathLike[str] | None = None,
+                    source: str = "<pipeline>") -> TrainConfig:
     """``config`` (a training config as a dict) with its data, output folder and teacher set, validated.
 
     ``teacher``: a checkpoint path or ``models:/`` URI for ``curation.teacher`` (the pipeline's teacher
-    step). ``ConfigError`` names ``source`` and the bad field.
+    step). ``manifest``: a curation manifest for ``data.manifest`` (the pipeline's balance step).
+    ``ConfigError`` names ``source`` and the bad field.
     """
     raw = copy.deepcopy(dict(config))
     raw["data"] = {**raw.get("data", {}), **data_paths(data_dir)}
+    if manifest is not None:
+        raw["data"]["manifest"] = str(manifest)
     raw["train"] = {**raw.get("train", {}), "output_dir": str(output_dir)}
     if teacher is not None:
         raw["curation"] = {**raw.get("curation", {}), "teacher": str(teacher)}
@@ -79,7 +83,8 @@ def pipeline_config(config: Mapping[str, Any], *, data_dir: str | os.PathLike[st
 
 
 def train_model(config: Mapping[str, Any], out_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike[str],
-                teacher: str | os.PathLike[str] | None = None, hooks: Sequence[Hook] | Callable[[TrainConfig], Sequence[Hook]] = (),
+                teacher: str | os.PathLike[str] | None = None, manifest: str | os.PathLike[str] | None = None,
+                hooks: Sequence[Hook] | Callable[[TrainConfig], Sequence[Hook]] = (),
                 progress: ProgressFn | None = None, resolve_uri: Callable[[str], str] | None = None) -> dict[str, Any]:
     """Train ``config`` on the data of ``data_dir`` into ``out_dir``, published whole when training ends.
 
@@ -88,6 +93,8 @@ def train_model(config: Mapping[str, Any], out_dir: str | os.PathLike[str], *, d
     a run killed halfway continues from its last checkpoint the next time (bit for bit), and a finished
     output with the same config, data and teacher is returned as it is, without training.
     ``hooks`` may be a function of the validated config (built once the config is known to be valid).
+    ``manifest``: a curation manifest (``data.manifest``); the step that wrote it is part of the
+    fingerprint, so a manifest made with other parameters retrains.
 
     Returns
     -------
@@ -95,15 +102,17 @@ def train_model(config: Mapping[str, Any], out_dir: str | os.PathLike[str], *, d
     named COCO statistics on the validation set, or None).
     """
     final_dir = Path(out_dir)
-    checked = pipeline_config(config, data_dir=data_dir, output_dir=final_dir, teacher=teacher)
+    checked = pipeline_config(config, data_dir=data_dir, output_dir=final_dir, teacher=teacher, manifest=manifest)
     fingerprint = {"config": checked.to_dict(), "data": str(Path(data_dir).resolve()),
                    "data_step": _step_record(data_dir), "teacher": _step_record(Path(teacher).parent) if teacher else None}
+    if manifest is not None:  # only then: the fingerprints of finished outputs without one stay valid
+        fingerprint["manifest_step"] = _step_record(Path(manifest).parent)
     done = finished(final_dir, fingerprint)
     if done is not None:
         return done["result"]
     result: dict[str, Any] = {}
     with staged_output(final_dir, step="train", fingerprint=fingerprint, result=result) as stage:
-        staged = pipeline_config(config, data_dir=data_dir, output_dir=stage, teacher=teacher)
+        staged = pipeline_config(config, data_dir=data_dir, output_dir=stage, teacher=teacher, manifest=manifest)
         run_hooks = hooks(checked) if callable(hooks) else hooks
         trained = train_config(staged, hooks=run_hooks, resume=True, progress=progress, resolve_uri=resolve_uri)
         result.update({"checkpoint": str(final_dir / CHECKPOINT_NAME), "metrics": str(final_dir / METRICS_NAME),

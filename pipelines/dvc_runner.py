@@ -23,6 +23,9 @@ from pipelines.steps import GRAPH, layout
 #: do not change with the pipeline run's id).
 ENV_PIPELINE_RUN = "DETCURATE_PIPELINE_RUN"
 ENV_TRACK = "DETCURATE_TRACK"
+#: Parameter sections each stage reads besides profile, seed, prefix (and a training step its model's).
+STAGE_PARAMS = {"data": ("data", "data_rev"), "balance": ("balance",), "robustness": ("robustness", "student"),
+                "report": ("data_rev",), "promote": ("promotion",)}
 
 
 def dvc_stages(workdir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -31,13 +34,9 @@ def dvc_stages(workdir: str | os.PathLike[str]) -> dict[str, Any]:
     where = {name: path.relative_to(root).as_posix() for name, path in layout(root).items()}
     stages: dict[str, Any] = {}
     for name, inputs in GRAPH.items():
-        params = ["profile", "seed", "register_prefix"]
-        if name == "data":
-            params += ["data", "data_rev"]
-        elif name.startswith("train_"):
+        params = ["profile", "seed", "register_prefix", *STAGE_PARAMS.get(name, ())]
+        if name.startswith("train_"):
             params.append(name.removeprefix("train_"))
-        elif name == "report":
-            params.append("data_rev")
         deps = sorted({where[i] for i in inputs})
         stages[name] = {"cmd": f"detcurate pipeline step {name} --params params.yaml --workdir .",
                         "deps": deps, "params": params, "outs": [{where[name]: {"cache": False}}]}

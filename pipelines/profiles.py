@@ -1,10 +1,16 @@
 """The parameters of a pipeline run: one profile (smoke, demo, full), a seed, and ``key=value`` overrides.
 
-A profile gives every step its parameters: ``data`` (``components.data.prepare_data``), one training
-config per model (``teacher``, ``student``, ``student_curated``: complete ``detcurate train`` configs
-as dicts, made from ``configs/demo_*.yaml``) and ``register_prefix`` (registered models are
-``<prefix>-<model>``). The same dict is what the DVC stages, the Kubeflow pipeline and the Airflow DAG
-receive, so every runner trains exactly the same thing. ``seed`` replaces every seed (data, models).
+A profile gives every step its parameters: ``data`` (``components.data.prepare_data``), ``balance``
+(``components.balance``: repeat-factor threshold, near-duplicate threshold on the teacher's features),
+one training config per model (``teacher``, ``student``, ``student_curated``: complete ``detcurate
+train`` configs as dicts, made from ``configs/demo_*.yaml``; both students train on the balance step's
+manifest), ``robustness`` (the missing-label grid: ``modes``, ``losses``, ``drop_fraction``,
+``corruption_seed`` and ``training``, nested training-config changes on top of the student's config),
+``promotion`` (``metric``, ``min_improvement``) and ``register_prefix``: the teacher is registered as
+``<prefix>-teacher`` (alias ``teacher``), both students as versions of ``<prefix>-student``, whose
+alias ``champion`` the promotion step moves. The same dict is what the DVC stages, the Kubeflow
+pipeline and the Airflow DAG receive, so every runner trains exactly the same thing. ``seed`` replaces
+every seed (data, models, robustness cells).
 
 Light on purpose (PyYAML only at import): the Airflow DAG file imports this module while it is parsed.
 """
@@ -22,13 +28,28 @@ from curation_core.errors import ConfigError
 PROFILES = ("smoke", "demo", "full")
 #: The models of a run, in training order, and the registry alias each evaluated model gets.
 MODELS = ("teacher", "student", "student_curated")
-ALIASES = {"teacher": "teacher", "student": "champion", "student_curated": "champion"}
+#: Registered model of each model (``<register_prefix>-<name>``): both students are versions of one.
+REGISTERED = {"teacher": "teacher", "student": "student", "student_curated": "student"}
+#: Alias set when a model is registered (the students' ``champion`` is moved by promotion only).
+ALIASES: dict[str, str | None] = {"teacher": "teacher", "student": None, "student_curated": None}
+#: Models the promotion step compares with the champion, in this order.
+CANDIDATES = ("student", "student_curated")
 #: Which demo config each model starts from.
 BASE_CONFIGS = {"teacher": "demo_teacher.yaml", "student": "demo_student.yaml",
                 "student_curated": "demo_student_detgain.yaml"}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
-#: Changes of each profile to the demo configs (dotted keys; ``*`` applies to every model).
+#: Parameters of the steps other than training, before a profile's changes. The robustness grid's
+#: ``training`` changes are dotted training-config keys here (nested in the parameters).
+_BALANCE = {"threshold": 0.3, "near_threshold": 0.0005}
+_ROBUSTNESS = {"modes": ["normal", "hard"], "losses": ["focal", "brl"], "drop_fraction": 0.5, "corruption_seed": 0,
+               "training": {"model.detector": "retinanet", "optim.lr": 0.004, "train.eval_every": 0}}
+_PROMOTION = {"metric": "eval/AP", "min_improvement": 0.0}
+#: Parameter sections whose keys a ``--set`` may add (training configs, checked by ``check``).
+_OPEN_SECTIONS = (*((m,) for m in MODELS), ("robustness", "training"))
+
+#: Changes of each profile to the demo configs (dotted keys; ``*`` applies to every model;
+#: ``robustness``: changes of the grid, its ``training`` changes added to the defaults').
 _PROFILE_CHANGES: dict[str, dict[str, Any]] = {
     # a few iterations on ~100 images at 64 px: the whole graph in about a minute on 2 CPU cores
     "smoke": {
@@ -37,15 +58,25 @@ _PROFILE_CHANGES: dict[str, dict[str, Any]] = {
               "train.batch_size": 8, "train.eval_every": 3, "train.checkpoint_every": 3,
               "train.eval_batch_size": 16, "train.num_threads": 1},
         "student_curated": {"curation.super_batch": 16, "curation.warmup_iters": 2, "curation.window": 200},
+        "robustness": {"modes": ["normal", "hard"], "losses": ["focal", "brl"],
+                       "training": {"schedule.max_iter": 4, "schedule.warmup_iters": 2, "train.checkpoint_every": 2}},
     },
-    # the demo of dvc.yaml / params.yaml (about 8 minutes for teacher and student on 2 CPU cores)
-    "demo": {"data": {"train": 1200, "val": 300, "size": 128, "imbalance": 10.0, "max_objects": 20}},
+    # `detcurate demo`: every step in under 15 minutes on 2 idle CPU cores (README, "Running the pipeline")
+    "demo": {
+        "data": {"train": 1200, "val": 300, "size": 128, "imbalance": 10.0, "max_objects": 20},
+        "*": {"schedule.max_iter": 400, "train.eval_every": 100, "train.checkpoint_every": 100},
+        "student_curated": {"schedule.max_iter": 200, "train.eval_every": 50, "train.checkpoint_every": 50},
+        "robustness": {"training": {"schedule.max_iter": 100, "schedule.warmup_iters": 20,
+                                    "train.checkpoint_every": 50}},
+    },
     # a longer schedule on more data, on a GPU when the node has one
     "full": {
         "data": {"train": 4800, "val": 600, "size": 128, "imbalance": 10.0, "max_objects": 20},
         "*": {"schedule.max_iter": 3200, "train.device": "auto", "train.eval_every": 400,
               "train.checkpoint_every": 400, "optim.lr": 0.004},
         "teacher": {"model.backbone": "small"},
+        "robustness": {"modes": ["normal", "easy", "hard", "extreme", "drop-per-category"],
+                       "training": {"schedule.max_iter": 1600, "train.device": "auto", "train.checkpoint_every": 400}},
     },
 }
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -64,7 +95,9 @@ def pipeline_params(profile: str, *, seed: int = 0, overrides: Sequence[str] = (
         raise ConfigError(f"--seed: expects an integer >= 0; got {seed!r}")
     changes = _PROFILE_CHANGES[profile]
     params: dict[str, Any] = {"profile": profile, "seed": seed, "register_prefix": f"detcurate-{profile}",
-                              "data": {"source": "synth", **changes["data"], "seed": seed, "path": "data/synth"}}
+                              "data": {"source": "synth", **changes["data"], "seed": seed, "path": "data/synth"},
+                              "balance": dict(_BALANCE), "promotion": dict(_PROMOTION),
+                              "robustness": _robustness(changes.get("robustness", {}), seed, profile)}
     for model in MODELS:
         config = _load_yaml(CONFIG_DIR / BASE_CONFIGS[model])
         for key, value in {**changes.get("*", {}), **changes.get(model, {}), "train.seed": seed}.items():
@@ -78,6 +111,31 @@ def pipeline_params(profile: str, *, seed: int = 0, overrides: Sequence[str] = (
                               f"got {item!r}")
         _set(params, key.split("."), _parse(raw, item), where="--set", create=False)
     return params
+
+
+def _robustness(change: dict[str, Any], seed: int, profile: str) -> dict[str, Any]:
+    grid = {**copy.deepcopy(_ROBUSTNESS), **{k: v for k, v in change.items() if k != "training"}, "seeds": [seed]}
+    training: dict[str, Any] = {}
+    for key, value in {**_ROBUSTNESS["training"], **change.get("training", {})}.items():
+        _set(training, key.split("."), value, where=f"profile {profile}", create=True)
+    grid["training"] = training
+    return grid
+
+
+def robustness_grid(params: dict[str, Any], *, base_config: str) -> dict[str, Any]:
+    """The robustness YAML (``curation_core.robustness.config``) of the run: the grid of
+    ``params["robustness"]`` on ``base_config`` (the student's config, written by the step) with the
+    grid's ``training`` changes as dotted overrides."""
+    grid = params["robustness"]
+    return {"base": {"config": base_config, "overrides": dict(_flatten(grid["training"]))},
+            **{k: grid[k] for k in ("modes", "losses", "drop_fraction", "corruption_seed", "seeds")}}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for key, value in tree.items():
+        items += _flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else [(f"{prefix}{key}", value)]
+    return items
 
 
 def check(params: dict[str, Any]) -> None:
@@ -98,6 +156,41 @@ def check(params: dict[str, Any]) -> None:
         if model == "student_curated" and raw.get("curation", {}).get("method", "none") != "none":
             raw["curation"]["teacher"] = "teacher-step-checkpoint.pt"  # the pipeline's teacher step
         config_from_dict(raw, source=f"{params['profile']} profile, {model}")
+    _check_robustness(params)
+    _check_steps(params)
+
+
+def _check_robustness(params: dict[str, Any]) -> None:
+    from pydantic import ValidationError
+
+    from curation_core.engine.config import config_from_dict
+    from curation_core.robustness.config import RobustnessConfig
+
+    where = f"{params['profile']} profile, robustness"
+    grid = robustness_grid(params, base_config="<the student's config>")
+    try:
+        RobustnessConfig.model_validate(grid)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"]) or "<grid>"
+        raise ConfigError(f"{where}: {field}: {first['msg']}") from None
+    raw = copy.deepcopy(params["student"])
+    for key, value in grid["base"]["overrides"].items():
+        _set(raw, key.split("."), value, where=where, create=True)
+    raw.setdefault("train", {})["output_dir"] = "runs/robustness"
+    raw.setdefault("model", {})["loss"] = grid["losses"][0]
+    config_from_dict(raw, source=where)
+
+
+def _check_steps(params: dict[str, Any]) -> None:
+    for section, key, low in (("balance", "threshold", 0.0), ("balance", "near_threshold", 0.0),
+                              ("promotion", "min_improvement", 0.0)):
+        value = params[section][key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
+            raise ConfigError(f"{params['profile']} profile, {section}: {key}: expects a number >= {low}; got {value!r}")
+    metric = params["promotion"]["metric"]
+    if not isinstance(metric, str) or not metric:
+        raise ConfigError(f"{params['profile']} profile, promotion: metric: expects a metric name (eval/AP); got {metric!r}")
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -128,6 +221,7 @@ def _set(tree: dict[str, Any], keys: list[str], value: Any, *, where: str, creat
             valid = ", ".join(sorted(k for k, v in node.items() if isinstance(v, dict)))
             raise ConfigError(f"{where}: {'.'.join(keys[:depth + 1])}: not a section; valid sections: {valid}")
         node = child
-    if not create and keys[-1] not in node and keys[0] not in MODELS:  # configs: checked by check()
+    open_section = any(tuple(keys[:len(s)]) == s for s in _OPEN_SECTIONS)  # configs: checked by check()
+    if not create and keys[-1] not in node and not open_section:
         raise ConfigError(f"{where}: {'.'.join(keys)}: unknown key; valid keys: {', '.join(sorted(node))}")
     node[keys[-1]] = value

@@ -5,8 +5,9 @@ Two DAGs:
 - ``detcurate_data`` (daily): prepares the data set (``pipelines.steps.data_step``) into a folder named
   after its DVC hash and, when that version is new, emits the Asset ``DATA_ASSET`` with its path and
   version. An unchanged version is skipped, so no event is emitted.
-- ``detcurate_pipeline`` (weekly, and whenever ``DATA_ASSET`` gets an event): data -> teacher, student
-  -> curated student -> evaluation and registration of each -> report -> run status in MLflow. The DAG
+- ``detcurate_pipeline`` (weekly, and whenever ``DATA_ASSET`` gets an event): data -> teacher -> balance
+  -> plain and curated student (and the robustness grid) -> evaluation and registration of each ->
+  report -> promotion of the better student to ``champion`` -> run status in MLflow. The DAG
   param ``mode`` chooses where the steps run: ``local`` (in the worker's process, the same
   ``pipelines.steps`` functions as every other runner), ``kubernetes`` (each step a
   KubernetesPodOperator running ``detcurate pipeline step`` in ``image``, on the volume ``pvc``) or
@@ -94,13 +95,15 @@ def _in_pod(name: str, conf: dict[str, Any], params: dict[str, Any]) -> dict[str
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
+    from pipelines.steps import TRAINING_STEPS
+
     command = ["detcurate", "pipeline", "step", name, "--params-json", json.dumps(params), "--workdir",
                f"/work/{conf['pipeline_run']}", "--pipeline-run", conf["pipeline_run"]]
     if conf["data_rev"]:
         command += ["--data-rev", conf["data_rev"]]
     if not conf["track"]:
         command.append("--no-track")
-    training = name.startswith("train_")
+    training = name in TRAINING_STEPS
     resources = k8s.V1ResourceRequirements(
         requests={"cpu": "4" if training else "1", "memory": "16Gi" if training else "4Gi"},
         limits={"nvidia.com/gpu": "1"} if training else None)
@@ -196,6 +199,14 @@ def detcurate_pipeline() -> None:
     def train_student_curated() -> Any:
         return _step("train_student_curated")
 
+    @task
+    def balance() -> Any:
+        return _step("balance")
+
+    @task(**TRAIN_RETRIES)
+    def robustness() -> Any:
+        return _step("robustness")
+
     @task(retries=1)
     def evaluate(model: str) -> Any:
         return _step(f"evaluate_{model}")
@@ -203,6 +214,10 @@ def detcurate_pipeline() -> None:
     @task
     def report() -> Any:
         return _step("report")
+
+    @task
+    def promote() -> Any:
+        return _step("promote")
 
     @task(trigger_rule="none_failed_min_one_success")
     def record_success() -> None:
@@ -222,18 +237,21 @@ def detcurate_pipeline() -> None:
 
     branch, kfp_run, data_task = choose_mode(), submit_kfp(), data()
     branch >> [kfp_run, data_task]
-    teacher, student, curated = train_teacher(), train_student(), train_student_curated()
-    data_task >> [teacher, student]
-    teacher >> curated
+    teacher, balanced, grid = train_teacher(), balance(), robustness()
+    student, curated = train_student(), train_student_curated()
+    data_task >> [teacher, grid]
+    teacher >> balanced >> [student, curated]
     evals = {m: evaluate.override(task_id=f"evaluate_{m}")(m) for m in MODELS}
     teacher >> evals["teacher"]
     student >> evals["student"]
     curated >> evals["student_curated"]
-    final = report()
-    list(evals.values()) >> final
-    ends = [final, kfp_run]
+    final, promoted = report(), promote()
+    [*evals.values(), grid] >> final
+    final >> promoted
+    ends = [promoted, kfp_run]
     ends >> record_success()
-    [branch, data_task, teacher, student, curated, *evals.values(), final, kfp_run] >> record_failure()
+    steps = [data_task, teacher, balanced, grid, student, curated, *evals.values(), final, promoted]
+    [branch, *steps, kfp_run] >> record_failure()
 
 
 detcurate_data()

@@ -37,7 +37,8 @@ def _params(profile: str, seed: int, overrides: tuple[str, ...]) -> dict[str, An
 
 @click.group("pipeline")
 def pipeline() -> None:
-    """Run the pipeline (data, teacher, plain and curated student, evaluation, registry, report).
+    """Run the pipeline (data, teacher, balancing, plain and curated student, robustness, evaluation,
+    registration, report, promotion to champion).
 
     \b
     detcurate pipeline run --runner dvc|kfp-local|airflow --profile smoke|demo|full [--data-rev REV]
@@ -55,54 +56,101 @@ def pipeline() -> None:
 @_SET
 @click.option("--out", "workdir", type=click.Path(path_type=Path),
               help="Run folder (default outputs/pipeline/RUNNER-PROFILE); report/metrics.json is the result.")
-@click.option("--no-track", is_flag=True, help="Do not log to MLflow or register the models.")
+@click.option("--no-track", is_flag=True, help="Do not log to MLflow, register or promote the models.")
 def run_cmd(runner: str, profile: str, seed: int, data_rev: str | None, overrides: tuple[str, ...],
             workdir: Path | None, no_track: bool) -> None:
-    """Run the whole pipeline here with one runner; print the COCO AP of every model.
+    """Run the whole pipeline here with one runner; print the COCO AP of every model, the report, the
+    champion model and the MLflow UI command.
 
     Every parameter is checked, and the MLflow server asked, before any step runs. Steps publish
     their outputs whole; a run that was stopped continues where it stopped when started again.
     """
+    run_pipeline(runner, profile, seed=seed, data_rev=data_rev, overrides=overrides, workdir=workdir, track=not no_track)
+
+
+def run_pipeline(runner: str, profile: str, *, seed: int = 0, data_rev: str | None = None,
+                 overrides: tuple[str, ...] = (), workdir: Path | None = None, track: bool = True) -> Path:
+    """Check the parameters (and the MLflow server), run the graph with ``runner``, print the summary;
+    return the run folder (``report/``, ``promotion/``)."""
     params = _params(profile, seed, overrides)
-    if not no_track:
+    uri = None
+    if track:
         from pipelines.tracking import check_tracking_server, tracking_uri
 
-        check_tracking_server(tracking_uri())
+        uri = tracking_uri()
+        check_tracking_server(uri)
     root = (workdir or Path("outputs/pipeline") / f"{runner}-{profile}").resolve()
     pipeline_run = f"{runner}-{profile}-{time.strftime('%Y%m%dT%H%M%S')}"
     start = time.monotonic()
     if runner == "dvc":
         from pipelines.dvc_runner import run_dvc
 
-        metrics = run_dvc(params, root, data_rev=data_rev, track=not no_track, pipeline_run=pipeline_run)
+        run_dvc(params, root, data_rev=data_rev, track=track, pipeline_run=pipeline_run)
     elif runner == "kfp-local":
         from pipelines.kfp.runner import run_local
 
-        metrics = run_local(params, root, data_rev=data_rev, track=not no_track, pipeline_run=pipeline_run)
+        run_local(params, root, data_rev=data_rev, track=track, pipeline_run=pipeline_run)
     else:
         from pipelines.airflow.local_run import run_dag_test
 
         conf = {"profile": profile, "seed": seed, "overrides": list(overrides), "data_rev": data_rev or "",
-                "mode": "local", "workdir": str(root / "run"), "track": not no_track}
+                "mode": "local", "workdir": str(root / "run"), "track": track}
         run_dag_test(conf, root / "airflow_home")
-        metrics = _publish(root / "run" / "report", root / "report")
-    _print_metrics(metrics, f"{runner}, {profile} profile, seed {seed}, {time.monotonic() - start:.0f} s")
+        for step in ("report", "promotion"):
+            _publish(root / "run" / step, root / step)
+    print_summary(root, f"{runner}, {profile} profile, seed {seed}, {time.monotonic() - start:.0f} s", tracking=uri)
+    return root
 
 
-def _publish(report: Path, target: Path) -> Path:
+def _publish(report: Path, target: Path) -> None:
     import shutil
 
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(report, target)
-    return target / "metrics.json"
 
 
-def _print_metrics(path: Path, title: str) -> None:
-    content = json.loads(Path(path).read_text(encoding="utf-8"))
+def print_summary(root: Path, title: str, *, tracking: str | None) -> None:
+    """The models' AP, the robustness cells, where the report is, the champion and the MLflow UI command."""
+    metrics = root / "report" / "metrics.json"
+    content = json.loads(metrics.read_text(encoding="utf-8"))
     rows = [(name, entry["named"]["AP"], entry["named"]["AP50"]) for name, entry in content["models"].items()]
     ui.print_table(f"Pipeline run ({title})", ["model", "AP", "AP50"], rows)
-    ui.stdout.print(f"metrics: {path}", markup=False, highlight=False, soft_wrap=True)
+    cells = (content.get("robustness") or {}).get("cells", [])
+    if cells:
+        ui.print_table("Missing-label robustness (clean validation set)", ["mode", "loss", "seed", "AP", "AP50"],
+                       [(c["mode"], c["loss"], c["seed"], c["AP"], c["AP50"]) for c in cells])
+    say = lambda text: ui.stdout.print(text, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
+    say(f"metrics: {metrics}")
+    report = root / "report" / "html" / "report.html"
+    if report.is_file():
+        say(f"report: {report}")
+    promotion = root / "promotion" / "promotion.json"
+    if promotion.is_file():
+        result = json.loads(promotion.read_text(encoding="utf-8"))
+        for d in result["decisions"]:
+            say(f"promotion of {d['model']} ({d['name']} version {d['candidate_version']}): "
+                f"{'promoted' if d['promoted'] else 'kept the champion'}, {d['reason']}")
+        champion = result.get("champion")
+        if champion:
+            say(f"champion: {champion['uri']} (version {champion['version']}, the {champion['model']} model, "
+                f"{result['decisions'][-1]['metric']} {champion['value']:.4f})")
+    if tracking:
+        say(f"MLflow UI: {mlflow_ui_command(tracking)}")
+
+
+def mlflow_ui_command(uri: str) -> str:
+    """The command that shows the runs of tracking URI ``uri`` (a server's address is its own UI)."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    import sys
+
+    mlflow = Path(sys.executable).with_name("mlflow")
+    try:
+        shown = str(mlflow.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(mlflow)
+    return f"{shown} ui --backend-store-uri {uri}"
 
 
 @pipeline.command("step")

@@ -3,13 +3,16 @@
 Every component runs in the project's image (``KfpOptions.image``: the containers build it) and calls
 one function of ``pipelines.steps``, as the DVC stages and the Airflow tasks do; so the component
 bodies hold no step logic. Artifacts are typed: the data set is a ``Dataset``, each trained model a
-``Model`` (with its COCO statistics as ``Metrics``), each evaluation an ``Artifact`` plus ``Metrics``,
-and the report ``Markdown``, ``Metrics`` and an ``Artifact`` folder (metrics.json, report.md, figure).
+``Model`` (with its COCO statistics as ``Metrics``), the curation manifest and the robustness grid an
+``Artifact`` folder plus ``Metrics``, each evaluation an ``Artifact`` plus ``Metrics``, the report
+``Markdown``, ``HTML``, ``Metrics`` and an ``Artifact`` folder (metrics.json, report.md, figure, html/),
+and the registry's promotion decisions an ``Artifact`` plus ``Metrics``.
 
 Every step's parameters are pipeline parameters (defaults: the profile compiled in; JSON strings, since
 KFP's dict parameters turn integers into floats); training steps
-request GPUs, CPU and memory, are retried and never cached; the deterministic steps (data, report) are
-cached (evaluation is not: it logs and registers in MLflow). Node selectors, tolerations and a PVC
+(teacher, students, robustness grid) request GPUs, CPU and memory, are retried and never cached; the
+deterministic steps (data, report) are cached (balance, evaluation and promotion are not: they log,
+register and promote in MLflow). Node selectors, tolerations and a PVC
 (``KfpOptions.pvc_name``, mounted on every task) come from kfp-kubernetes. An exit handler records the run's final state in
 MLflow (``pipelines.tracking.record_pipeline_status``).
 """
@@ -20,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from pipelines.profiles import MODELS
+from pipelines.profiles import CANDIDATES, MODELS
 
 PIPELINE_NAME = "detcurate"
 
@@ -92,20 +95,66 @@ def build_components(image: str) -> dict[str, Any]:
         model.metadata.update({"iterations": result["iterations"], "model": model_name})
 
     @dsl.component(base_image=image)
+    def balance(balance_params: str, profile: str, seed: int, register_prefix: str, track: bool,
+                dataset: Input[Dataset], teacher: Input[Model], manifest: Output[Artifact], metrics: Output[Metrics]):
+        """The training set's curation manifest, from the teacher's features (``pipelines.steps.balance_step``)."""
+        import json
+
+        from pipelines.steps import balance_step
+
+        params = {"profile": profile, "seed": seed, "register_prefix": register_prefix,
+                  "balance": json.loads(balance_params)}
+        summary = balance_step(params, manifest.path, data_dir=dataset.path, teacher_dir=teacher.path, track=track)
+        for key, value in summary.items():
+            metrics.log_metric(key, value)
+
+    @dsl.component(base_image=image)
+    def train_student(model_name: str, config: str, profile: str, seed: int, register_prefix: str, data_rev: str,
+                      track: bool, pipeline_run: str, dataset: Input[Dataset], manifest: Input[Artifact],
+                      model: Output[Model], metrics: Output[Metrics]):
+        """Train the plain student on the balanced stream (``pipelines.steps.train_step``)."""
+        import json
+
+        from pipelines.steps import run_tags, train_step
+
+        params = {"profile": profile, "seed": seed, "register_prefix": register_prefix, model_name: json.loads(config)}
+        result = train_step(model_name, params, model.path, data_dir=dataset.path, balance_dir=manifest.path,
+                            track=track, tags=run_tags(params, pipeline_run=pipeline_run, data_rev=data_rev or None))
+        for key, value in (result["final"] or {}).items():
+            metrics.log_metric(key, value)
+        model.metadata.update({"iterations": result["iterations"], "model": model_name})
+
+    @dsl.component(base_image=image)
     def train_curated(model_name: str, config: str, profile: str, seed: int, register_prefix: str, data_rev: str,
                       track: bool, pipeline_run: str, dataset: Input[Dataset], teacher: Input[Model],
-                      model: Output[Model], metrics: Output[Metrics]):
-        """Train the student on batches the teacher curates online (``pipelines.steps.train_step``)."""
+                      manifest: Input[Artifact], model: Output[Model], metrics: Output[Metrics]):
+        """Train the student on batches the teacher curates online, on the balanced stream
+        (``pipelines.steps.train_step``)."""
         import json
 
         from pipelines.steps import run_tags, train_step
 
         params = {"profile": profile, "seed": seed, "register_prefix": register_prefix, model_name: json.loads(config)}
         result = train_step(model_name, params, model.path, data_dir=dataset.path, teacher_dir=teacher.path,
-                            track=track, tags=run_tags(params, pipeline_run=pipeline_run, data_rev=data_rev or None))
+                            balance_dir=manifest.path, track=track,
+                            tags=run_tags(params, pipeline_run=pipeline_run, data_rev=data_rev or None))
         for key, value in (result["final"] or {}).items():
             metrics.log_metric(key, value)
         model.metadata.update({"iterations": result["iterations"], "model": model_name})
+
+    @dsl.component(base_image=image)
+    def robustness(robustness_params: str, student_config: str, profile: str, seed: int, register_prefix: str,
+                   track: bool, dataset: Input[Dataset], grid: Output[Artifact], metrics: Output[Metrics]):
+        """The missing-label robustness grid on the student's recipe (``pipelines.steps.robustness_step``)."""
+        import json
+
+        from pipelines.steps import robustness_step
+
+        params = {"profile": profile, "seed": seed, "register_prefix": register_prefix,
+                  "robustness": json.loads(robustness_params), "student": json.loads(student_config)}
+        summary = robustness_step(params, grid.path, data_dir=dataset.path, track=track)
+        for cell in summary["cells"]:
+            metrics.log_metric(f"{cell['mode']}/{cell['loss']}/{cell['curation']}/seed{cell['seed']}/AP", cell["AP"])
 
     @dsl.component(base_image=image)
     def evaluate(model_name: str, profile: str, seed: int, register_prefix: str, data_rev: str, track: bool,
@@ -121,10 +170,11 @@ def build_components(image: str) -> dict[str, Any]:
             metrics.log_metric(key, value)
 
     @dsl.component(base_image=image)
-    def report(profile: str, seed: int, data_rev: str, publish_dir: str, dataset: Input[Dataset],
+    def report(profile: str, seed: int, register_prefix: str, data_rev: str, track: bool, publish_dir: str,
+               dataset: Input[Dataset], balance: Input[Artifact], robustness: Input[Artifact],
                teacher_eval: Input[Artifact], student_eval: Input[Artifact], student_curated_eval: Input[Artifact],
                teacher_model: Input[Model], student_model: Input[Model], student_curated_model: Input[Model],
-               report_dir: Output[Artifact], markdown: Output[Markdown], metrics: Output[Metrics]):
+               report_dir: Output[Artifact], markdown: Output[Markdown], html: Output[HTML], metrics: Output[Metrics]):
         """The run's report (``pipelines.steps.report_step``); ``publish_dir``: also copied there."""
         import shutil
         from pathlib import Path
@@ -133,15 +183,39 @@ def build_components(image: str) -> dict[str, Any]:
 
         evals = {"teacher": teacher_eval, "student": student_eval, "student_curated": student_curated_eval}
         models = {"teacher": teacher_model, "student": student_model, "student_curated": student_curated_model}
-        content = report_step({"profile": profile, "seed": seed}, {m: Path(a.path) / "eval.json" for m, a in evals.items()},
+        content = report_step({"profile": profile, "seed": seed, "register_prefix": register_prefix},
+                              {m: Path(a.path) / "eval.json" for m, a in evals.items()},
                               {m: Path(a.path) / "metrics.json" for m, a in models.items()}, report_dir.path,
-                              data_dir=dataset.path, data_rev=data_rev or None)
+                              data_dir=dataset.path, balance_dir=balance.path, robustness_dir=robustness.path,
+                              data_rev=data_rev or None, track=track)
         shutil.copyfile(Path(report_dir.path) / "report.md", markdown.path)
+        shutil.copyfile(Path(report_dir.path) / "html" / "report.html", html.path)
         for name, entry in content["models"].items():
             metrics.log_metric(f"{name}/AP", entry["named"]["AP"])
             metrics.log_metric(f"{name}/AP50", entry["named"]["AP50"])
         if publish_dir:
             shutil.copytree(report_dir.path, Path(publish_dir) / "report", dirs_exist_ok=True)
+
+    @dsl.component(base_image=image)
+    def promote(promotion_params: str, profile: str, seed: int, register_prefix: str, track: bool, publish_dir: str,
+                dataset: Input[Dataset], student_eval: Input[Artifact], student_curated_eval: Input[Artifact],
+                promotion: Output[Artifact], metrics: Output[Metrics]):
+        """Move ``champion`` to a new student only if it is better (``pipelines.steps.promote_step``)."""
+        import json
+        import shutil
+        from pathlib import Path
+
+        from pipelines.steps import promote_step
+
+        params = {"profile": profile, "seed": seed, "register_prefix": register_prefix,
+                  "promotion": json.loads(promotion_params)}
+        result = promote_step(params, {"student": student_eval.path, "student_curated": student_curated_eval.path},
+                              promotion.path, data_dir=dataset.path, track=track)
+        for decision in result["decisions"]:
+            metrics.log_metric(f"{decision['model']}/promoted", float(decision["promoted"]))
+            metrics.log_metric(f"{decision['model']}/{decision['metric']}", decision["candidate_value"])
+        if publish_dir:
+            shutil.copytree(promotion.path, Path(publish_dir) / "promotion", dirs_exist_ok=True)
 
     @dsl.component(base_image=image)
     def record_status(pipeline_run: str, profile: str, seed: int, data_rev: str, track: bool,
@@ -155,8 +229,9 @@ def build_components(image: str) -> dict[str, Any]:
         record(pipeline_run or status.pipeline_job_resource_name, status.state, tags=tags,
                message=str(status.error_message or ""), track=track)
 
-    return {"data": data, "train": train, "train_curated": train_curated, "evaluate": evaluate, "report": report,
-            "record_status": record_status}
+    return {"data": data, "train": train, "balance": balance, "train_student": train_student,
+            "train_curated": train_curated, "robustness": robustness, "evaluate": evaluate, "report": report,
+            "promote": promote, "record_status": record_status}
 
 
 def build_pipeline(params: dict[str, Any], options: KfpOptions | None = None) -> Any:
@@ -166,37 +241,56 @@ def build_pipeline(params: dict[str, Any], options: KfpOptions | None = None) ->
     ops = build_components(opts.image)
 
     @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=opts.pipeline_root or None,
-                  description="DetCurate: data, teacher, plain and curated student, evaluation and registration, report")
-    def detcurate(data_params: str = _json(params["data"]), teacher_config: str = _json(params["teacher"]),
-                  student_config: str = _json(params["student"]),
+                  description="DetCurate: data, teacher, balancing, plain and curated student, robustness, "
+                              "evaluation and registration, report, registry promotion")
+    def detcurate(data_params: str = _json(params["data"]), balance_params: str = _json(params["balance"]),
+                  teacher_config: str = _json(params["teacher"]), student_config: str = _json(params["student"]),
                   student_curated_config: str = _json(params["student_curated"]),
+                  robustness_params: str = _json(params["robustness"]),
+                  promotion_params: str = _json(params["promotion"]),
                   profile: str = params["profile"], seed: int = params["seed"],
                   register_prefix: str = params["register_prefix"], data_rev: str = "", track: bool = True,
                   pipeline_run: str = "", publish_dir: str = ""):
         common = {"profile": profile, "seed": seed, "data_rev": data_rev}
         tracked = {**common, "register_prefix": register_prefix, "track": track, "pipeline_run": pipeline_run}
+        light = {"profile": profile, "seed": seed, "register_prefix": register_prefix, "track": track}
         exit_task = ops["record_status"](pipeline_run=pipeline_run, profile=profile, seed=seed, data_rev=data_rev,
                                          track=track)
         _light(exit_task, opts, cache=False)
         with dsl.ExitHandler(exit_task, name="detcurate-run"):
             data = ops["data"](data_params=data_params, register_prefix=register_prefix, **common)
             _light(data, opts, cache=True).set_display_name("data")
+            dataset = data.outputs["dataset"]
             configs = {"teacher": teacher_config, "student": student_config, "student_curated": student_curated_config}
             models: dict[str, Any] = {}
-            for name in MODELS:
-                kwargs = {"model_name": name, "config": configs[name], "dataset": data.outputs["dataset"], **tracked}
-                task = (ops["train_curated"](teacher=models["teacher"].outputs["model"], **kwargs)
-                        if name == "student_curated" else ops["train"](**kwargs))
-                models[name] = _training(task, opts).set_display_name(f"train {name}")
+            teacher = ops["train"](model_name="teacher", config=configs["teacher"], dataset=dataset, **tracked)
+            models["teacher"] = _training(teacher, opts).set_display_name("train teacher")
+            balanced = ops["balance"](balance_params=balance_params, dataset=dataset,
+                                      teacher=teacher.outputs["model"], **light)
+            _light(balanced, opts, cache=False).set_display_name("balance")
+            manifest = balanced.outputs["manifest"]
+            student = ops["train_student"](model_name="student", config=configs["student"], dataset=dataset,
+                                           manifest=manifest, **tracked)
+            models["student"] = _training(student, opts).set_display_name("train student")
+            curated = ops["train_curated"](model_name="student_curated", config=configs["student_curated"],
+                                           dataset=dataset, teacher=teacher.outputs["model"], manifest=manifest,
+                                           **tracked)
+            models["student_curated"] = _training(curated, opts).set_display_name("train student_curated")
+            grid = ops["robustness"](robustness_params=robustness_params, student_config=student_config,
+                                     dataset=dataset, **light)
+            _training(grid, opts).set_display_name("robustness")
             evals = {}
             for name in MODELS:
-                task = ops["evaluate"](model_name=name, dataset=data.outputs["dataset"],
-                                       model=models[name].outputs["model"], **tracked)
+                task = ops["evaluate"](model_name=name, dataset=dataset, model=models[name].outputs["model"], **tracked)
                 evals[name] = _light(task, opts, cache=False).set_display_name(f"evaluate {name}")
-            final = ops["report"](publish_dir=publish_dir, dataset=data.outputs["dataset"],
+            final = ops["report"](publish_dir=publish_dir, dataset=dataset, balance=manifest,
+                                  robustness=grid.outputs["grid"], register_prefix=register_prefix, track=track,
                                   **{f"{m}_eval": evals[m].outputs["evaluation"] for m in MODELS},
                                   **{f"{m}_model": models[m].outputs["model"] for m in MODELS}, **common)
             _light(final, opts, cache=True).set_display_name("report")
+            promoted = ops["promote"](promotion_params=promotion_params, publish_dir=publish_dir, dataset=dataset,
+                                      **{f"{m}_eval": evals[m].outputs["evaluation"] for m in CANDIDATES}, **light)
+            _light(promoted.after(final), opts, cache=False).set_display_name("promote")
 
     return detcurate
 
