@@ -285,8 +285,9 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
              "Val AP at the end of training, mean and sample sd over seeds; dAP: paired difference to the "
              "baseline of the same seed (mean, sd).", "", _table(head, rows)]
     if payload.get("overhead"):
-        lines += ["", "Training speed, side by side in one process (median of rounds); ratio to the detector's "
-                  "baseline:", "", _table(["detector", "variant", "images_per_s", "ratio"], payload["overhead"])]
+        lines += ["", "Training speed: images per second of the process's CPU time (one thread), every variant "
+                  "side by side in one process on the same batches, median of the rounds; ratio to the detector's "
+                  "baseline (1.0 = no overhead; the round-to-round spread is a few per cent):", "", _table(["detector", "variant", "images_per_s", "ratio"], payload["overhead"])]
     hist = payload.get("histogram")
     if hist:
         edges = hist["edges"]
