@@ -65,7 +65,6 @@ _PROFILE_CHANGES: dict[str, dict[str, Any]] = {
     "demo": {
         "data": {"train": 1200, "val": 300, "size": 128, "imbalance": 10.0, "max_objects": 20},
         "*": {"schedule.max_iter": 400, "train.eval_every": 100, "train.checkpoint_every": 100},
-        "student_curated": {"schedule.max_iter": 200, "train.eval_every": 50, "train.checkpoint_every": 50},
         "robustness": {"training": {"schedule.max_iter": 100, "schedule.warmup_iters": 20,
                                     "train.checkpoint_every": 50}},
     },

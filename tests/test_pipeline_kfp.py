@@ -16,7 +16,7 @@ pytest.importorskip("kfp")
 import yaml  # noqa: E402
 
 DETCURATE = [sys.executable, "-c", "from pipelines.cli import main; main()"]
-TRAINING = {"train", "train-2", "train-curated"}
+TRAINING = {"train", "train-student", "train-curated", "robustness"}
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +37,21 @@ def test_compiled_graph_has_the_tasks_edges_and_resources(package: Path) -> None
     assert set(spec.root.dag.tasks) == {"exit-handler-1", "record-status"}
     assert spec.root.dag.tasks["record-status"].trigger_policy.strategy == 2  # ALL_UPSTREAM_TASKS_COMPLETED: exit handler
     inner = spec.components[root.component_ref.name].dag.tasks
-    assert set(inner) == {"data", "train", "train-2", "train-curated", "evaluate", "evaluate-2", "evaluate-3", "report"}
+    assert set(inner) == {"data", "train", "balance", "train-student", "train-curated", "robustness", "evaluate",
+                          "evaluate-2", "evaluate-3", "report", "promote"}
     edges = {name: set(task.dependent_tasks) for name, task in inner.items()}
-    assert edges["data"] == set() and edges["train"] == edges["train-2"] == {"data"}
-    assert edges["train-curated"] == {"data", "train"}  # the teacher's model
+    assert edges["data"] == set() and edges["train"] == edges["robustness"] == {"data"}
+    assert edges["balance"] == {"data", "train"}  # the teacher's features
+    assert edges["train-student"] == {"data", "balance"}  # the manifest
+    assert edges["train-curated"] == {"data", "train", "balance"}  # the teacher's model and the manifest
     assert edges["evaluate-3"] == {"data", "train-curated"}
-    assert edges["report"] == {"data", "evaluate", "evaluate-2", "evaluate-3", "train", "train-2", "train-curated"}
+    assert edges["report"] == {"data", "balance", "robustness", "evaluate", "evaluate-2", "evaluate-3", "train",
+                               "train-student", "train-curated"}
+    assert edges["promote"] == {"data", "evaluate-2", "evaluate-3", "report"}  # the last step
     names = {name: task.inputs.parameters["model_name"].runtime_value.constant.string_value
              for name, task in inner.items() if name.startswith(("train", "evaluate"))}
-    assert names["train"] == "teacher" and names["train-curated"] == "student_curated"
+    assert names["train"] == "teacher" and names["train-student"] == "student"
+    assert names["train-curated"] == "student_curated"
     for name, task in inner.items():
         assert task.caching_options.enable_cache == (name in ("data", "report")), name
         assert (task.retry_policy.max_retry_count == 2) == (name in TRAINING), name
@@ -63,6 +69,9 @@ def test_compiled_graph_has_the_tasks_edges_and_resources(package: Path) -> None
     defaults = spec.root.input_definitions.parameters
     teacher = json.loads(defaults["teacher_config"].default_value.string_value)
     assert teacher["model"]["backbone"] == "tiny" and teacher["schedule"]["max_iter"] == 6
+    grid = json.loads(defaults["robustness_params"].default_value.string_value)
+    assert grid["modes"] == ["normal", "hard"] and grid["losses"] == ["focal", "brl"] and grid["seeds"] == [0]
+    assert json.loads(defaults["promotion_params"].default_value.string_value)["metric"] == "eval/AP"
 
 
 def test_platform_spec_has_node_selectors_tolerations_and_the_volume(package: Path) -> None:
@@ -73,6 +82,7 @@ def test_platform_spec_has_node_selectors_tolerations_and_the_volume(package: Pa
     assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert all(ex["pvcMount"][0]["mountPath"] == "/detcurate" for ex in platform.values())
     assert "nodeSelector" not in platform["exec-evaluate"]
+    assert platform["exec-robustness"]["nodeSelector"]["labels"] == {"pool": "gpu"}  # the grid trains
 
 
 def test_no_module_named_kfp_shadows_the_package() -> None:

@@ -47,6 +47,13 @@ def test_staged_output_appears_whole_or_not_at_all(tmp_path: Path) -> None:
     (["nosuch.key=1"], "--set: nosuch: not a section"),
     (["data.trian=5"], "--set: data.trian: unknown key"),
     (["teacher"], "--set: expects key=value"),
+    (["robustness.losses=[focal, nope]"], "smoke profile, robustness: losses.1: Input should be 'focal' or 'brl'"),
+    (["robustness.modes=[]"], "smoke profile, robustness: modes: "),
+    (["robustness.training.schedule.max_iter=0"], "smoke profile, robustness: schedule.max_iter"),
+    (["robustness.training.model.backbone=huge"], "smoke profile, robustness: model.backbone: invalid value 'huge'"),
+    (["robustness.trainig.x=1"], "--set: robustness.trainig: not a section"),
+    (["balance.near_threshold=-0.1"], "smoke profile, balance: near_threshold: expects a number >= 0.0; got -0.1"),
+    (["promotion.min_improvement=x"], "smoke profile, promotion: min_improvement: expects a number"),
 ])
 def test_a_bad_parameter_fails_before_any_step(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -63,6 +70,56 @@ def test_profiles_give_every_model_a_complete_config() -> None:
     assert "teacher" not in params["student_curated"]["curation"]  # the run's own teacher step
     with pytest.raises(ConfigError, match="--profile: invalid value 'huge'; valid choices: smoke, demo, full"):
         pipeline_params("huge")
+
+
+def test_profiles_size_the_robustness_grid_and_the_other_steps() -> None:
+    from pipelines.profiles import robustness_grid
+
+    for profile, modes in (("smoke", 2), ("demo", 2), ("full", 5)):
+        params = pipeline_params(profile, seed=4)
+        grid = robustness_grid(params, base_config="base.yaml")
+        assert len(grid["modes"]) == modes and grid["losses"] == ["focal", "brl"] and grid["seeds"] == [4]
+        assert grid["base"] == {"config": "base.yaml", "overrides": grid["base"]["overrides"]}
+        assert grid["base"]["overrides"]["model.detector"] == "retinanet"
+        assert grid["base"]["overrides"]["train.eval_every"] == 0  # one evaluation per cell, at its end
+        assert params["balance"]["threshold"] == 0.3 and params["promotion"]["metric"] == "eval/AP"
+    demo = pipeline_params("demo")
+    assert demo["student_curated"]["schedule"]["max_iter"] == demo["student"]["schedule"]["max_iter"] == 400
+    changed = pipeline_params("smoke", overrides=["robustness.training.schedule.max_iter=9", "robustness.seeds=[0, 1]"])
+    check(changed)
+    assert robustness_grid(changed, base_config="b")["base"]["overrides"]["schedule.max_iter"] == 9
+    assert changed["robustness"]["seeds"] == [0, 1]
+
+
+def test_dvc_stages_follow_the_graph(tmp_path: Path) -> None:
+    from pipelines.dvc_runner import dvc_stages
+    from pipelines.steps import GRAPH, layout
+
+    stages = dvc_stages(tmp_path)
+    assert list(stages) == list(GRAPH)
+    where = {name: path.relative_to(tmp_path).as_posix() for name, path in layout(tmp_path).items()}
+    for name, inputs in GRAPH.items():
+        assert stages[name]["deps"] == sorted(where[i] for i in inputs), name
+        assert stages[name]["outs"] == [{where[name]: {"cache": False}}]
+    assert stages["train_student"]["deps"] == ["balance", "data"]  # trains on the manifest
+    assert {"robustness", "student"} <= set(stages["robustness"]["params"])
+    assert "promotion" in stages["promote"]["params"] and "balance" in stages["balance"]["params"]
+    order = list(GRAPH)
+    assert order[-1] == "promote" and all(order.index(i) < order.index(n) for n, ins in GRAPH.items() for i in ins)
+
+
+def test_promotion_without_tracking_says_so_and_a_missing_registration_is_named(tmp_path: Path) -> None:
+    from curation_core.errors import DataError
+    from pipelines.steps import PROMOTION_NAME, promote_step
+
+    params = pipeline_params("smoke")
+    evals = {"student": tmp_path / "eval_s", "student_curated": tmp_path / "eval_c"}
+    result = promote_step(params, evals, tmp_path / "promotion", data_dir=tmp_path / "data", track=False)
+    assert result == {"tracked": False, "decisions": [], "champion": None}
+    assert json.loads((tmp_path / "promotion" / PROMOTION_NAME).read_text()) == result
+    with pytest.raises(DataError, match=r"eval_s/registration.json: <file>: model 'student' was not registered") as caught:
+        promote_step(params, evals, tmp_path / "promotion2", data_dir=tmp_path / "data", track=True)
+    assert "\n" not in str(caught.value) and not (tmp_path / "promotion2").exists()
 
 
 def test_cli_bad_parameter_is_one_line_exit_2_and_nothing_runs(tmp_path: Path) -> None:
