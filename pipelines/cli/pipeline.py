@@ -181,8 +181,18 @@ def step_cmd(name: str, params_file: Path | None, params_json: str | None, workd
         raise ConfigError(f"{params_file or '--params-json'}: <file>: not readable parameters ({exc})") from None
     rev = data_rev or params.pop("data_rev", "") or None
     track = not no_track and os.environ.get(ENV_TRACK, "1") != "0"
-    run_step(name, params, workdir, data_rev=rev, track=track,
-             pipeline_run=pipeline_run or os.environ.get(ENV_PIPELINE_RUN, ""))
+    from curation_core.engine.trainer import TrainingInterrupted
+
+    try:
+        run_step(name, params, workdir, data_rev=rev, track=track,
+                 pipeline_run=pipeline_run or os.environ.get(ENV_PIPELINE_RUN, ""))
+    except TrainingInterrupted as stop:
+        import sys
+
+        cause = f"signal {stop.signum}" if stop.signum else "a stop request"
+        click.echo(f"detcurate pipeline step {name}: stopped by {cause} at iteration {stop.iteration}/{stop.max_iter} "
+                   f"(checkpoint written in {stop.checkpoint.parent}); run the pipeline again to continue", err=True)
+        sys.exit(stop.exit_code)
     ui.stderr.print(f"step {name} done", markup=False, highlight=False)
 
 
