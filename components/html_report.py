@@ -21,6 +21,7 @@ import datetime as _dt
 import html
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +100,7 @@ def _benchmark_sections(folder: Path) -> list[Section]:
     by_key: dict[str, Section] = {}
     for md in sorted(folder.glob("*.md")):
         by_key[md.stem] = Section(md.stem, KNOWN_SECTIONS.get(md.stem, _title(md.stem)),
-                                  _strip_title(_read_text(md)), source=md.name)
+                                  _drop_local_images(_strip_title(_read_text(md))), source=md.name)
     json_only = []
     for path in sorted(folder.glob("*.json")):
         if path.stem not in by_key:
@@ -131,6 +132,16 @@ def _strip_title(text: str) -> str:
     """Drop a leading ``# Title`` line: the section heading replaces it."""
     lines = text.lstrip().splitlines()
     return "\n".join(lines[1:]).strip() + "\n" if lines and lines[0].startswith("# ") else text
+
+
+#: A Markdown image whose target is a relative path (``![alt](figure.png)``).
+_LOCAL_IMAGE = re.compile(r"!\[[^\]]*\]\((?![a-z][a-z0-9+.-]*:)[^)]*\)", re.IGNORECASE)
+
+
+def _drop_local_images(text: str) -> str:
+    """Drop Markdown images with relative targets: the section's ``*.png`` figures are embedded from the
+    folder anyway, and a relative link would not resolve beside the report."""
+    return _LOCAL_IMAGE.sub("", text)
 
 
 def _title(stem: str) -> str:

@@ -165,3 +165,12 @@ def test_report_command_writes_and_logs_to_mlflow(results, tmp_path, monkeypatch
         main(["report-html", "--out", str(tmp_path / "out2"), "--results", str(tmp_path / "absent"), "--no-track"])
     err = capsys.readouterr().err
     assert done.value.code == 2 and err.count("\n") == 1 and "absent" in err
+
+
+def test_relative_images_of_a_results_table_are_left_to_the_embedded_figures(results, tmp_path):
+    (results / "robustness.md").write_text("| mode | AP |\n|---|---|\n| easy | 0.05 |\n\n![curves](robustness.png)\n"
+                                           "![remote](https://example.org/x.png)\n")
+    page = html_report.write_report(tmp_path / "out", results_dir=results)["html"].read_text()
+    assert 'src="robustness.png"' not in page and 'alt="curves"' not in page
+    assert "https://example.org/x.png" in page  # an absolute link is the author's choice: kept
+    assert page.count("data:image/png;base64,") == 2  # both figures of the folder, embedded
