@@ -428,6 +428,20 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
         invalid field, an unreadable file or malformed YAML.
     """
     source = str(path)
+    raw = read_yaml_mapping(path, empty_ok=True, what="a mapping of sections")
+    for item in overrides:
+        _apply_override(raw, item)
+    return config_from_dict(raw, source=source)
+
+
+def read_yaml_mapping(path: str | os.PathLike[str], *, empty_ok: bool = False, what: str = "a mapping") -> dict[str, Any]:
+    """The top-level mapping of a YAML file (config files of training, robustness grids, active learning).
+
+    ``empty_ok``: an empty file is ``{}`` (else an error). Raises ``ConfigError``, one line
+    ``"<file>: <file>: <problem>"``: a missing or unreadable file, malformed YAML (with its line and
+    column), a top level that is not ``what``.
+    """
+    source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -441,13 +455,11 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{source}: <file>: malformed YAML{where}: {problem}") from None
-    if raw is None:
+    if raw is None and empty_ok:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: <file>: top level must be a mapping of sections; got {type(raw).__name__}")
-    for item in overrides:
-        _apply_override(raw, item)
-    return config_from_dict(raw, source=source)
+        raise ConfigError(f"{source}: <file>: top level must be {what}; got {type(raw).__name__}")
+    return raw
 
 
 def config_from_dict(raw: dict[str, Any], *, source: str = "<memory>") -> TrainConfig:

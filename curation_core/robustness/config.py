@@ -29,13 +29,18 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
-from curation_core.engine.config import CurationMethod, ModelConfig, TrainConfig, load_config
+from curation_core.engine.config import (
+    CurationMethod,
+    ModelConfig,
+    TrainConfig,
+    load_config,
+    read_yaml_mapping,
+)
 from curation_core.errors import ConfigError
 
 #: Training-set modes in the order of the BRL paper's table; ``normal`` is the clean training set.
@@ -154,17 +159,7 @@ def load_robustness_config(path: str | os.PathLike[str], overrides: Sequence[str
         One line ``"<file>: <field>: <problem>"`` (unknown fields list the valid ones).
     """
     source = str(path)
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: <file>: file does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: <file>: cannot be read ({exc})") from None
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{source}: <file>: malformed YAML: {problem}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: <file>: top level must be a mapping; got {type(raw).__name__}")
+    raw = read_yaml_mapping(path)
     for item in overrides:
         _apply_override(raw, item)
     try:
