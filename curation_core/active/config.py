@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -42,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, mode
 
 from curation_core.engine.config import TrainConfig, load_config, read_yaml_mapping
 from curation_core.errors import ConfigError
-from curation_core.robustness.config import BaseTraining
+from curation_core.robustness.config import BaseTraining, describe_grid_error
 
 Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict()]
@@ -182,19 +181,4 @@ def round_training_config(config: ActiveLearningConfig, *, round_index: int, out
 
 
 def _describe(exc: ValidationError, source: str) -> str:
-    first = exc.errors(include_url=False)[0]
-    loc = [str(p) for p in first["loc"]]
-    kind = first["type"]
-    if kind == "extra_forbidden":
-        model: type[BaseModel] = BaseTraining if loc[:1] == ["base"] else ActiveLearningConfig
-        problem = f"unknown field; valid fields: {', '.join(model.model_fields)}"
-    elif kind == "missing":
-        problem = "missing required field"
-    elif kind == "literal_error":
-        choices = ", ".join(re.findall(r"'([^']*)'", first.get("ctx", {}).get("expected", "")))
-        problem = f"invalid value {first['input']!r}; valid choices: {choices}"
-    else:
-        shown = first.get("input")
-        got = "" if isinstance(shown, dict) or kind == "value_error" else f"; got {shown!r}"
-        problem = f"{first['msg'].removeprefix('Value error, ')}{got}"
-    return f"{source}: {'.'.join(loc) or '<top level>'}: {problem}"
+    return describe_grid_error(exc, source, ActiveLearningConfig)

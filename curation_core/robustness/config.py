@@ -191,11 +191,17 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 def _describe(exc: ValidationError, source: str) -> str:
+    return describe_grid_error(exc, source, RobustnessConfig)
+
+
+def describe_grid_error(exc: ValidationError, source: str, top: type[BaseModel]) -> str:
+    """One line ``"<file>: <field>: <problem>"`` for a config file whose ``base:`` section is ``BaseTraining``
+    and whose other fields are those of ``top`` (robustness grids, active-learning runs)."""
     first = exc.errors(include_url=False)[0]
     loc = [str(p) for p in first["loc"]]
     kind = first["type"]
     if kind == "extra_forbidden":
-        model: type[BaseModel] = BaseTraining if loc[:1] == ["base"] else RobustnessConfig
+        model: type[BaseModel] = BaseTraining if loc[:1] == ["base"] else top
         problem = f"unknown field; valid fields: {', '.join(model.model_fields)}"
     elif kind == "missing":
         problem = "missing required field"
