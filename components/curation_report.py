@@ -166,13 +166,15 @@ def selection_stats(rows: SelectionRows, dataset: CocoDataset) -> dict[str, Any]
     ``epoch_equivalents`` (per block of N picks: picks, distinct_images, complete);
     ``background_share`` (picked rows, scored rows, data set images); ``categories`` (per category in
     file order: id, name, ``{picked,scored,dataset}_share`` of non-crowd boxes and ``_boxes`` counts);
-    ``scores`` (picked, rejected: count, mean, min, q10, q25, median, q75, q90, max); ``stages`` (first,
+    ``boxes_per_image`` (mean non-crowd boxes of picked rows, rejected rows, data set images);
+    ``pick_rate_by_boxes`` (per box count of the scored rows: boxes, scored, picked, rate); ``scores`` (picked, rejected: count, mean, min, q10, q25, median, q75, q90, max); ``stages`` (first,
     middle, last third: iterations, scoring_events, picked_rows, distinct_images (and as a fraction of
     N), background_share_picked, mean_picked_score, mean_rejected_score).
     """
     index, counts = box_counts(dataset)
     image_row = np.array([index[i] for i in rows.image_id.tolist()], dtype=np.int64)
-    background = counts.sum(axis=1) == 0
+    n_boxes = counts.sum(axis=1)
+    background = n_boxes == 0
     n_images, picked = len(index), rows.picked
     picked_ids = rows.image_id[picked]
     repeats = np.unique(picked_ids, return_counts=True)[1]
@@ -197,6 +199,9 @@ def selection_stats(rows: SelectionRows, dataset: CocoDataset) -> dict[str, Any]
              **{f"{name}_share": float(share[j]) for name, (share, _) in shares.items()},
              **{f"{name}_boxes": int(total[j]) for name, (_, total) in shares.items()}}
             for j, cat in enumerate(dataset.categories)],
+        "boxes_per_image": {"picked": _mean(n_boxes[image_row[picked]]), "rejected": _mean(n_boxes[image_row[~picked]]),
+                            "dataset": _mean(n_boxes)},
+        "pick_rate_by_boxes": _pick_rate_by_boxes(n_boxes[image_row], picked),
         "scores": {"picked": _score_summary(rows.score[picked]), "rejected": _score_summary(rows.score[~picked])},
         "stages": _stages(rows, image_row, background, n_images),
     }
@@ -207,6 +212,12 @@ def _box_shares(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     total = counts.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return total / total.sum(), total
+
+
+def _pick_rate_by_boxes(boxes: np.ndarray, picked: np.ndarray) -> list[dict[str, Any]]:
+    """Per box count among the scored rows: how many rows were scored and picked, and the picked fraction."""
+    return [{"boxes": int(n), "scored": int((boxes == n).sum()), "picked": int(picked[boxes == n].sum()),
+             "rate": float(picked[boxes == n].mean())} for n in np.unique(boxes)]
 
 
 def _mean(values: np.ndarray) -> float:

@@ -97,6 +97,14 @@ def test_every_number_matches_the_hand_count(tmp_path: Path) -> None:
         {"id": 7, "name": "dog", "picked_share": 1 / 8, "scored_share": 3 / 11, "dataset_share": 0.25,
          "picked_boxes": 1, "scored_boxes": 3, "dataset_boxes": 1},
     ]
+    # non-crowd boxes per row: picked 10, 11, 10, 13, 12, 10 -> 2+1+2+0+1+2 = 8 / 6; rejected 13, 12, 14, 11,
+    # 11, 14 -> 0+1+0+1+1+0 = 3 / 6; data set 2, 1, 1, 0, 0 -> 4 / 5
+    assert stats["boxes_per_image"] == {"picked": 8 / 6, "rejected": 3 / 6, "dataset": 0.8}
+    # scored rows by box count: 0 boxes: 13, 14, 13, 14 (13 picked once); 1: 11, 12, 11, 12, 11 (11 and 12
+    # picked once each); 2: image 10 three times, all picked
+    assert stats["pick_rate_by_boxes"] == [{"boxes": 0, "scored": 4, "picked": 1, "rate": 0.25},
+                                           {"boxes": 1, "scored": 5, "picked": 2, "rate": 0.4},
+                                           {"boxes": 2, "scored": 3, "picked": 3, "rate": 1.0}]
     # picked scores sorted 2, 2, 2.5, 3, 3.5, 4; rejected -1, 0, 0.5, 0.5, 1, 1.5 (linear quantiles over 5 gaps)
     assert stats["scores"]["picked"] == {"count": 6, "mean": 17 / 6, "min": 2.0, "q10": 2.0, "q25": 2.125,
                                          "median": 2.75, "q75": 3.375, "q90": 3.75, "max": 4.0}
@@ -261,7 +269,8 @@ def test_curation_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert [line for line in stdout.splitlines() if line.startswith("wrote ")] == [f"wrote {out / n}" for n in OUTPUTS]
     text = " ".join(stdout.split())
     assert "4 of 5 (80.0%)" in text and "3 / 1.50" in text and "12 / 6" in text
-    assert "0.1667" in text and "0.4000" in text and "2.8333" in text  # background picked / data, mean picked score
+    assert "0.1667" in text and "0.4000" in text and "2.833" in text  # background picked / data, mean picked score
+    assert "1.33 / 0.50 / 0.80" in text  # boxes per image: picked / rejected / data set
     assert all((out / name).is_file() for name in OUTPUTS)
 
 

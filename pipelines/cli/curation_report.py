@@ -10,8 +10,10 @@ import click
 from pipelines.cli import ui
 
 
-def _fmt(value: Any) -> Any:
-    return "-" if value is None else value
+def _fmt(value: Any, spec: str | None = None) -> Any:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return value if spec is None else format(value, spec)
 
 
 @click.command("curation-report")
@@ -38,8 +40,10 @@ def curation_report_cmd(selections: Path, annotations: Path, out: Path) -> None:
         ("background-only share: picked", _fmt(background["picked"])),
         ("background-only share: scored", _fmt(background["scored"])),
         ("background-only share: data set", _fmt(background["dataset"])),
-        ("mean score: picked", _fmt(scores["picked"]["mean"])),
-        ("mean score: rejected", _fmt(scores["rejected"]["mean"])),
+        ("boxes per image: picked / rejected / data set",
+         " / ".join(_fmt(stats["boxes_per_image"][k], ".2f") for k in ("picked", "rejected", "dataset"))),
+        ("mean score: picked", _fmt(scores["picked"]["mean"], ".4g")),
+        ("mean score: rejected", _fmt(scores["rejected"]["mean"], ".4g")),
     ])
     ui.print_table("By third of training (scoring events)", ["stage", "iterations", "distinct images",
                                                              "background share", "mean picked score"],
