@@ -163,6 +163,8 @@ class MLflowHook(Hook):
                         "background_share_picked": stats["background_share"]["picked"],
                         "background_share_dataset": stats["background_share"]["dataset"],
                         "picks_per_image_max": stats["picks_per_image"]["max"],
+                        "boxes_per_image_picked": stats["boxes_per_image"]["picked"],
+                        "boxes_per_image_rejected": stats["boxes_per_image"]["rejected"],
                         "score_picked_mean": stats["scores"]["picked"]["mean"],
                         "score_rejected_mean": stats["scores"]["rejected"]["mean"]}
             log_metrics(self._client, self.run_id,

@@ -368,6 +368,8 @@ def test_hook_logs_the_curation_report_of_a_curated_run(mlflow_uri: str, tmp_pat
     metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("curation/")}
     assert metrics == {"curation/distinct_images_frac": 0.8, "curation/background_share_picked": pytest.approx(1 / 6),
                        "curation/background_share_dataset": 0.4, "curation/picks_per_image_max": 3.0,
+                       "curation/boxes_per_image_picked": pytest.approx(8 / 6),
+                       "curation/boxes_per_image_rejected": pytest.approx(3 / 6),
                        "curation/score_picked_mean": pytest.approx(17 / 6),
                        "curation/score_rejected_mean": pytest.approx(2.5 / 6)}
     assert [m.step for m in client.get_metric_history(hook.run_id, "curation/distinct_images_frac")] == [3]
