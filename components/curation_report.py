@@ -167,7 +167,8 @@ def selection_stats(rows: SelectionRows, dataset: CocoDataset) -> dict[str, Any]
     ``background_share`` (picked rows, scored rows, data set images); ``categories`` (per category in
     file order: id, name, ``{picked,scored,dataset}_share`` of non-crowd boxes and ``_boxes`` counts);
     ``boxes_per_image`` (mean non-crowd boxes of picked rows, rejected rows, data set images);
-    ``pick_rate_by_boxes`` (per box count of the scored rows: boxes, scored, picked, rate); ``scores`` (picked, rejected: count, mean, min, q10, q25, median, q75, q90, max); ``stages`` (first,
+    ``pick_rate_by_boxes`` (per box count of the scored rows: boxes, scored, picked, rate); ``scores``
+    (picked, rejected: count, mean, min, q10, q25, median, q75, q90, max); ``stages`` (first,
     middle, last third: iterations, scoring_events, picked_rows, distinct_images (and as a fraction of
     N), background_share_picked, mean_picked_score, mean_rejected_score).
     """
