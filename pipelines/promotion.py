@@ -11,8 +11,10 @@ What this relies on in MLflow 3 (each checked in tests/test_promotion.py): ``sea
 returns versions with *empty* aliases, so aliases are read from ``get_registered_model(name).aliases``;
 ``latest`` and ``v<N>`` are reserved alias names (refused here before MLflow is asked); asking for a
 missing alias is an ``INVALID_PARAMETER_VALUE`` error, so the alias map is consulted instead.
-Two promotions of the same model at the same moment are not serialised: run them one after the other
-(the pipeline's last step does).
+Promotions of one registered model are serialised: reading the holder, comparing, tagging and moving
+the alias happen inside ``pipelines.promotion_lock.promotion_lock`` (a PostgreSQL advisory lock for a
+PostgreSQL store, a file lock beside a SQLite database or file store, ``$DETCURATE_PROMOTION_LOCK`` for
+a tracking server), so two at once end as if run one after the other.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from curation_core.errors import ConfigError
+from pipelines.promotion_lock import DEFAULT_LOCK_TIMEOUT_S, promotion_lock
 from pipelines.tracking import mlflow_client, require_mlflow
 
 #: Alias of the model that serves.
@@ -73,7 +76,8 @@ def check_alias(alias: str) -> str:
 
 
 def promote(name: str, version: str | int | None = None, *, metric: str = DEFAULT_METRIC, alias: str = CHAMPION,
-            min_improvement: float = 0.0, evaluate: Evaluator | None = None) -> PromotionDecision:
+            min_improvement: float = 0.0, evaluate: Evaluator | None = None,
+            lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> PromotionDecision:
     """Move ``alias`` of registered model ``name`` to ``version`` if it beats the current holder.
 
     Parameters
@@ -83,12 +87,27 @@ def promote(name: str, version: str | int | None = None, *, metric: str = DEFAUL
     min_improvement : the candidate must exceed the champion by more than this (0: strictly better).
     evaluate : computes ``metric`` for a model version on the candidate's validation data; needed only
         when the champion's ``dataset.version`` differs from the candidate's (otherwise ``ConfigError``).
+    lock_timeout : seconds to wait for the promotion lock of ``name`` (``pipelines.promotion_lock``),
+        held from reading the holder to moving the alias; not obtained in time, ``ConfigError``.
 
     Returns the decision, also recorded as ``promotion.*`` tags on the candidate version.
     """
     check_alias(alias)
     client = mlflow_client()
-    candidate = _model_version(client, name, version)
+    with promotion_lock(client.tracking_uri, name, timeout=lock_timeout):
+        candidate = _model_version(client, name, version)
+        decision = _decide(client, name, candidate, metric=metric, alias=alias, min_improvement=min_improvement,
+                           evaluate=evaluate)
+        for key, value in decision.tags().items():
+            client.set_model_version_tag(name, str(candidate.version), key, value)
+        if decision.promoted and decision.champion_version != decision.candidate_version:
+            client.set_registered_model_alias(name, alias, str(candidate.version))
+    return decision
+
+
+def _decide(client: Any, name: str, candidate: Any, *, metric: str, alias: str, min_improvement: float,
+            evaluate: Evaluator | None) -> PromotionDecision:
+    """Compare ``candidate`` with the holder of ``alias`` (read now: the caller holds the lock)."""
     data_version = candidate.tags.get(DATA_VERSION_TAG)
     if not data_version:
         raise ConfigError(f"model {name} version {candidate.version}: no {DATA_VERSION_TAG} tag (register it "
@@ -96,24 +115,18 @@ def promote(name: str, version: str | int | None = None, *, metric: str = DEFAUL
     candidate_value = run_metric(client, candidate, metric)
     holder = _registered(client, name).aliases.get(alias)
     if holder is None:
-        decision = _decision(name, candidate, None, metric, candidate_value, None, data_version, True,
-                             f"no model held {alias!r}")
-    elif str(holder) == str(candidate.version):
-        decision = _decision(name, candidate, str(holder), metric, candidate_value, candidate_value, data_version,
-                             True, f"already {alias}")
-    else:
-        champion = client.get_model_version(name, str(holder))
-        champion_value = _champion_value(client, champion, metric, data_version, evaluate)
-        better = candidate_value > champion_value + min_improvement
-        reason = (f"{metric} {candidate_value:.4f} {'>' if better else '<='} {champion_value:.4f}"
-                  + (f" + {min_improvement}" if min_improvement else "") + f" on data version {data_version}")
-        decision = _decision(name, candidate, str(holder), metric, candidate_value, champion_value, data_version,
-                             better, reason)
-    for key, value in decision.tags().items():
-        client.set_model_version_tag(name, str(candidate.version), key, value)
-    if decision.promoted and decision.champion_version != decision.candidate_version:
-        client.set_registered_model_alias(name, alias, str(candidate.version))
-    return decision
+        return _decision(name, candidate, None, metric, candidate_value, None, data_version, True,
+                         f"no model held {alias!r}")
+    if str(holder) == str(candidate.version):
+        return _decision(name, candidate, str(holder), metric, candidate_value, candidate_value, data_version,
+                         True, f"already {alias}")
+    champion = client.get_model_version(name, str(holder))
+    champion_value = _champion_value(client, champion, metric, data_version, evaluate)
+    better = candidate_value > champion_value + min_improvement
+    reason = (f"{metric} {candidate_value:.4f} {'>' if better else '<='} {champion_value:.4f}"
+              + (f" + {min_improvement}" if min_improvement else "") + f" on data version {data_version}")
+    return _decision(name, candidate, str(holder), metric, candidate_value, champion_value, data_version,
+                     better, reason)
 
 
 def _decision(name: str, candidate: Any, champion: str | None, metric: str, candidate_value: float,

@@ -174,6 +174,46 @@ def test_models_command(client, capsys):
     assert code == 2 and "give both or neither" in err
 
 
+def test_models_table_in_a_pipe_is_whole(client, capsys):
+    """Into a pipe (captured stdout, not a terminal) the 8-column table keeps every header and every
+    value whole, the full data version included, each row on one line, though wider than 80 columns."""
+    name = "a-registered-model-with-a-rather-long-name"
+    data_version = "0123456789abcdef0123456789abcdef.dir"
+    v1 = _version(client, name, 0.31234, data_version=data_version)
+    run_id = client.get_model_version(name, v1).run_id
+    client.log_metric(run_id, "eval/AP50", 0.55)
+    client.log_metric(run_id, "val/AP", 0.29)
+    promotion.promote(name, v1)
+    client.set_registered_model_alias(name, "teacher", v1)
+    v2 = _version(client, name, 0.2, data_version=data_version)
+    promotion.promote(name, v2)
+    code, out, _ = _cli(["models", "--name", name], capsys)
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "Registered models" and max(map(len, lines)) > 80
+    header = next(line for line in lines if "model" in line and "version" in line)
+    for column in ["model", "version", "aliases", "data version", *promotion.LIST_METRICS, "promotion"]:
+        assert f" {column} " in header, column
+    assert "…" not in out
+    row1 = next(line for line in lines if f" {v1} " in line and name in line)
+    for value in (name, "champion,teacher", data_version, "0.3123", "0.5500", "0.2900", "promoted"):
+        assert f" {value} " in row1, value
+    row2 = next(line for line in lines if f" {v2} " in line and name in line)
+    assert all(f" {value} " in row2 for value in (name, data_version, "0.2000", "kept"))
+
+
+def test_promote_command_waits_for_the_lock_then_fails_in_one_line(client, capsys):
+    from pipelines.promotion_lock import promotion_lock
+
+    v1 = _version(client, "locked", 0.3)
+    with promotion_lock(client.tracking_uri, "locked") as held:
+        code, _, err = _cli(["models", "promote", "locked", "--lock-timeout", "0.2"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert f"promotion of model 'locked': {held.describe()} not obtained within 0.2 s" in err
+    assert "promotion.decision" not in client.get_model_version("locked", v1).tags
+    code, out, _ = _cli(["models", "promote", "locked", "--lock-timeout", "0.2", "--json"], capsys)
+    assert code == 0 and json.loads(out)["promoted"] and _champion(client, "locked") == v1
+
+
 @pytest.mark.slow
 def test_promotion_reevaluates_a_real_champion_on_the_new_data(client, capsys, tmp_path):
     """Real checkpoints through the real commands: the champion was evaluated on data version A, the

@@ -10,6 +10,7 @@ import click
 
 from curation_core.errors import ConfigError
 from pipelines.cli import ui
+from pipelines.promotion_lock import DEFAULT_LOCK_TIMEOUT_S
 
 
 @click.group("models", invoke_without_command=True)
@@ -35,8 +36,10 @@ def models_cmd(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> Non
         ui.stdout.print("no registered models")
         return
     columns = ["model", "version", "aliases", "data version", *LIST_METRICS, "promotion"]
+    # A terminal shows the first 16 characters of the 36 of a DVC hash; a pipe or a file gets every one.
+    shown = 16 if ui.stdout.is_terminal else None
     ui.print_table("Registered models", columns,
-                   ([r["name"], r["version"], ",".join(r["aliases"]), r["data_version"][:16],
+                   ([r["name"], r["version"], ",".join(r["aliases"]), r["data_version"][:shown],
                      *(r["metrics"].get(m, "") for m in LIST_METRICS), r["decision"]] for r in rows))
 
 
@@ -51,18 +54,28 @@ def models_cmd(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> Non
               help="Validation COCO JSON: evaluates the champion when it was evaluated on another data version.")
 @click.option("--images", type=click.Path(path_type=Path), help="Folder of the validation images (with --annotations).")
 @click.option("--device", default="cpu", show_default=True, help="Device of that evaluation: cpu, cuda or cuda:N.")
+@click.option("--lock-timeout", default=DEFAULT_LOCK_TIMEOUT_S, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to wait while another promotion of NAME holds its lock.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 def promote_cmd(name: str, version: str | None, metric: str, alias: str, min_improvement: float,
-                annotations: Path | None, images: Path | None, device: str, as_json: bool) -> None:
+                annotations: Path | None, images: Path | None, device: str, lock_timeout: float,
+                as_json: bool) -> None:
     """Compare VERSION (default: the newest) of model NAME with the holder of --alias on the same
     validation data version; the alias moves only if VERSION is better. The decision and both numbers
-    are recorded as promotion.* tags on VERSION."""
+    are recorded as promotion.* tags on VERSION.
+
+    Promotions of one model run one at a time: a PostgreSQL advisory lock for a postgresql:// store, a
+    file lock beside a SQLite database or file store, and for an http(s):// tracking server the lock
+    $DETCURATE_PROMOTION_LOCK names (a PostgreSQL URL or a lock-file path; unset: not serialised, with
+    a warning)."""
     from pipelines.promotion import promote
 
     if (annotations is None) != (images is None):
         raise ConfigError("--annotations and --images: give both or neither")
-    evaluate = _evaluator(metric, annotations, images, device) if annotations is not None else None
-    decision = promote(name, version, metric=metric, alias=alias, min_improvement=min_improvement, evaluate=evaluate)
+    evaluate = (_evaluator(metric, annotations, images, device)
+                if annotations is not None and images is not None else None)
+    decision = promote(name, version, metric=metric, alias=alias, min_improvement=min_improvement, evaluate=evaluate,
+                       lock_timeout=lock_timeout)
     if as_json:
         click.echo(json.dumps(decision.__dict__))
         return

@@ -22,6 +22,8 @@ T = TypeVar("T")
 
 stdout = Console()
 stderr = Console(stderr=True)
+#: Width a table is measured against outside a terminal: wider than any table.
+_UNBOUNDED_WIDTH = 1 << 20
 
 
 def progress_bar(items: Iterable[T], *, total: int | None = None, description: str = "") -> Iterator[T]:
@@ -58,4 +60,7 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
         stdout.print(table)
         return
     stdout.print(title, markup=False, highlight=False, soft_wrap=True)
-    stdout.print(table, width=max(stdout.measure(table).maximum, 1), soft_wrap=False)
+    # Measured without the console's width (80 columns in a pipe), and printed through a console of the
+    # table's own width: Console.print caps its width= at the console's, which would cut headers and cells.
+    width = max(stdout.measure(table, options=stdout.options.update_width(_UNBOUNDED_WIDTH)).maximum, 1)
+    Console(file=stdout.file, width=width, color_system=None).print(table, soft_wrap=False)
