@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DETCURATE = str(Path(sys.executable).parent / "detcurate")
 #: Seed of the benchmark's data set (settings are chosen on other seeds).
 DATA_SEED = 2026
+#: Seeds a teacher is trained with, in order, until one run succeeds.
+TEACHER_SEEDS = (0, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "detgain-exact": ({"method": "detgain", "estimator": "exact"}, "strong"),
     "detgain-envelope": ({"method": "detgain", "estimator": "envelope"}, "strong"),
     "uniform-std": ({"method": "uniform"}, "standard"),
+    "loss_learnability-std": ({"method": "loss_learnability"}, "standard"),
     "detgain-empirical-std": ({"method": "detgain", "estimator": "empirical"}, "standard"),
     "uniform-mild": ({"method": "uniform"}, "mild"),
     "detgain-empirical-mild": ({"method": "detgain", "estimator": "empirical"}, "mild"),
@@ -145,16 +148,30 @@ class Bench:
             current = target
         return out
 
-    def teacher(self, iterations: int) -> Path:
-        run = self.work / f"teacher_{self.profile.teacher}_{iterations}"
+    def teacher(self, iterations: int, *, noisy: bool = False) -> Path:
+        """The teacher checkpoint, trained once. The noisy setting's teacher learns from the same corrupted
+        labels as its students: a user has no clean training labels to give it. A teacher run that fails
+        (e.g. FCOS's dead regression head, which the trainer stops at once) is moved aside and trained again
+        with the next seed; the seed used is in the teacher's ``config.yaml``."""
+        run = self.work / f"teacher_{self.profile.teacher}_{iterations}{'_noisy' if noisy else ''}"
         checkpoint, metrics = run / "checkpoint.pt", run / "metrics.json"
-        if not metrics.is_file():
+        annotations = self.noisy_annotations() if noisy else self.data() / "train" / "annotations.json"
+        for seed in TEACHER_SEEDS:
+            if metrics.is_file():
+                return checkpoint
             p = self.profile
-            overrides = self._common(seed=0, output=run, annotations=self.data() / "train" / "annotations.json") + [
+            overrides = self._common(seed=seed, output=run, annotations=annotations) + [
                 f"model.backbone={p.teacher}", f"schedule.max_iter={iterations}", f"train.eval_every={iterations}",
                 "train.num_threads=1"]
-            _run([DETCURATE, "train", "--config", str(ROOT / "configs" / "demo_student.yaml"), "--no-track",
-                  "--resume", *sum((["--set", o] for o in overrides), [])])
+            try:
+                _run([DETCURATE, "train", "--config", str(ROOT / "configs" / "demo_student.yaml"), "--no-track",
+                      "--resume", *sum((["--set", o] for o in overrides), [])], log=run.parent / f"{run.name}.log")
+            except subprocess.CalledProcessError:
+                failed = run.with_name(f"{run.name}_failed_seed{seed}")
+                print(f"teacher {run.name} seed {seed} failed (see {run.name}.log); moved to {failed.name}", flush=True)
+                run.rename(failed)
+        if not metrics.is_file():
+            raise RuntimeError(f"teacher {run.name}: training failed with seeds {TEACHER_SEEDS}")
         return checkpoint
 
     # -- runs --------------------------------------------------------------------------------------
@@ -178,7 +195,7 @@ class Bench:
         if curation["method"] in ("loss_learnability", "image_ap", "detgain"):
             weak = setting == "weak-teacher"
             iterations = self.profile.weak_teacher_iterations if weak else self.profile.teacher_iterations
-            overrides.append(f"curation.teacher={self.teacher(iterations)}")
+            overrides.append(f"curation.teacher={self.teacher(iterations, noisy=noisy)}")
         return overrides
 
     def key(self, setting: str, variant: str, seed: int) -> tuple[str, str, int]:
@@ -196,8 +213,10 @@ class Bench:
         wall = time.perf_counter() - start
         metrics = json.loads((output / "metrics.json").read_text())
         curation, _ = VARIANTS[variant]
+        teacher = next((Path(o.split("=", 1)[1]).parent.name for o in overrides if o.startswith("curation.teacher=")),
+                       None)
         return {"setting": setting, "variant": variant, "method": curation["method"],
-                "estimator": curation.get("estimator"), "seed": seed, "iterations": metrics["iterations"],
+                "estimator": curation.get("estimator"), "teacher": teacher, "seed": seed, "iterations": metrics["iterations"],
                 "final_AP": metrics["final"]["AP"], "final_AP50": metrics["final"]["AP50"],
                 "wall_s": round(wall, 1),
                 "train_s": metrics["history"][-1].get("train_seconds") if metrics["history"] else None, "images_per_s": metrics.get("images_per_s"),
@@ -208,12 +227,16 @@ class Bench:
     def run_all(self, pairs: list[tuple[str, str]]) -> None:
         todo = [(s, v, seed) for seed in self.seeds for s, v in pairs if (s, v, seed) not in self.done()]
         print(f"{len(todo)} runs to do ({len(self.done())} done)", flush=True)
-        if any(VARIANTS[v][0]["method"] in ("loss_learnability", "image_ap", "detgain") for _, v, _ in todo):
+        if any(VARIANTS[v][0]["method"] in ("loss_learnability", "image_ap", "detgain") and s != "noisy"
+               for s, v, _ in todo):
             self.teacher(self.profile.teacher_iterations)  # once, before the parallel runs need it
         if any(s == "weak-teacher" for s, _, _ in todo):
             self.teacher(self.profile.weak_teacher_iterations)
         if any(s == "noisy" for s, _, _ in todo):
             self.noisy_annotations()
+            if any(s == "noisy" and VARIANTS[v][0]["method"] in ("loss_learnability", "image_ap", "detgain")
+                   for s, v, _ in todo):
+                self.teacher(self.profile.teacher_iterations, noisy=True)
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             for row in pool.map(lambda job: self._safe(*job), todo):
                 if row is not None:

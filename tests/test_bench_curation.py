@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -24,11 +25,11 @@ def test_bench_curation_smoke_profile_writes_runs_and_resumes(tmp_path: Path, be
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "curation.json"
     args = ["--profile", "smoke", "--work", str(tmp_path / "work"), "--out", str(out), "--seeds", "0", "--jobs", "2",
-            "--only", "clean:plain,clean:detgain-empirical,noisy:uniform"]
+            "--only", "clean:plain,clean:detgain-empirical,noisy:loss_learnability-std"]
     bench_curation.main(args)
     result = json.loads(out.read_text())
     runs = {(r["setting"], r["variant"]): r for r in result["runs"]}
-    assert set(runs) == {("clean", "plain"), ("clean", "detgain-empirical"), ("noisy", "uniform")}
+    assert set(runs) == {("clean", "plain"), ("clean", "detgain-empirical"), ("noisy", "loss_learnability-std")}
     for run in runs.values():
         assert run["iterations"] == 4 and [h[0] for h in run["history"]] == [2, 4]
         assert 0.0 <= run["final_AP"] <= 1.0 and run["wall_s"] > 0
@@ -36,6 +37,12 @@ def test_bench_curation_smoke_profile_writes_runs_and_resumes(tmp_path: Path, be
     assert runs[("clean", "detgain-empirical")]["estimator"] == "empirical"
     assert runs[("clean", "detgain-empirical")]["scored_images_per_s"] > 0
     assert (tmp_path / "work" / "noisy" / "train.json").is_file()
+    # the noisy setting's teacher learns from the corrupted labels, the clean one's from the clean labels
+    assert runs[("noisy", "loss_learnability-std")]["teacher"] == "teacher_tiny_4_noisy"
+    assert runs[("clean", "detgain-empirical")]["teacher"] == "teacher_tiny_4"
+    noisy_teacher = yaml.safe_load((tmp_path / "work" / "teacher_tiny_4_noisy" / "config.yaml").read_text())
+    assert noisy_teacher["data"]["train_annotations"].endswith("noisy/train.json")
+    assert runs[("clean", "plain")]["teacher"] is None
     assert out.with_suffix(".md").read_text().count("| clean |") == 2
     assert out.with_name("curation_ap.png").read_bytes().startswith(b"\x89PNG")
     capsys.readouterr()

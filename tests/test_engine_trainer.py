@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from engine_fixtures import tiny_config_dict
@@ -15,7 +16,13 @@ from curation_core.engine.checkpoint import load_checkpoint
 from curation_core.engine.config import ScheduleConfig, config_from_dict, load_config
 from curation_core.engine.hooks import Hook
 from curation_core.engine.optim import lr_at
-from curation_core.engine.trainer import TrainingDivergedError, TrainingInterrupted, train
+from curation_core.engine.trainer import (
+    DeadHeadCheck,
+    DeadRegressionHeadError,
+    TrainingDivergedError,
+    TrainingInterrupted,
+    train,
+)
 from curation_core.errors import CheckpointError, ConfigError, DataError
 
 
@@ -215,6 +222,58 @@ def test_diverging_loss_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(TrainingDivergedError, match=r"loss became non-finite at iteration \d; lower optim\.lr|"
                                                     r"loss became non-finite at iteration \d \("):
         train(config_from_dict(raw))
+
+
+class KillRegressionHead(Hook):
+    """Makes every FCOS box regression output negative, so the ReLU after it passes nothing: a dead head."""
+
+    def before_train(self) -> None:
+        head = self.trainer.model.head.regression_head
+        with torch.no_grad():
+            head.bbox_reg.bias.fill_(-1e3)
+
+
+def test_dead_fcos_regression_head_stops_the_run_with_a_one_line_error(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(DeadHeadCheck, "MIN_STEPS", 4)
+    raw = _with(tiny_config_dict(tmp_path, val=False, max_iter=8), schedule={"warmup_iters": 1})
+    seen: list[int] = []
+
+    class Count(Hook):
+        def after_step(self) -> None:
+            seen.append(self.trainer.iter)
+
+    with pytest.raises(DeadRegressionHeadError, match=r"^FCOS box regression head is dead: its GIoU loss stayed at "
+                                                      r"(1\.000|0\.99\d) or above .* for the first 4 iterations"):
+        train(config_from_dict(raw), hooks=[KillRegressionHead(), Count()])
+    assert seen == [1, 2, 3]  # stopped at the check, not trained to the end
+    assert isinstance(DeadRegressionHeadError("x"), TrainingDivergedError)
+
+
+def test_dead_head_check_rule(tmp_path: Path) -> None:
+    """Only FCOS; the smallest GIoU loss over the first max(MIN_STEPS, warmup + MIN_STEPS / 2) steps decides;
+    object-free batches (loss exactly 0) do not count; later steps are not checked."""
+    raw = _with(tiny_config_dict(tmp_path, val=False), schedule={"max_iter": 1000, "warmup_iters": 50})
+    rng = np.random.default_rng(0)
+    config = config_from_dict(raw)
+    dead = DeadHeadCheck(config)
+    assert dead.at == 100
+    values = 1.0 + rng.uniform(-0.006, 0.002, size=100)
+    values[rng.choice(100, 5, replace=False)] = 0.0  # batches without objects
+    for i, v in enumerate(values[:-1], start=1):
+        dead.update(i, {"bbox_regression": float(v)})
+    with pytest.raises(DeadRegressionHeadError):
+        dead.update(100, {"bbox_regression": float(values[-1])})
+    live = DeadHeadCheck(config)
+    falling = np.linspace(1.0, 0.55, 100) + rng.uniform(-0.01, 0.01, size=100)
+    for i, v in enumerate(falling, start=1):
+        live.update(i, {"bbox_regression": float(v)})
+    late = DeadHeadCheck(config)
+    for i in range(101, 300):  # resumed past the check: never raises
+        late.update(i, {"bbox_regression": 1.0})
+    retina = DeadHeadCheck(config_from_dict(_with(raw, model={"detector": "retinanet"})))
+    for i in range(1, 101):
+        retina.update(i, {"bbox_regression": 1.0})
 
 
 def test_learning_rate_schedule() -> None:
