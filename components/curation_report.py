@@ -34,11 +34,14 @@ from curation_core.coco import CocoDataset, load_coco
 from curation_core.engine.selection_log import COLUMNS
 from curation_core.errors import DataError
 from curation_core.io import write_bytes_atomic, write_json_atomic
+from curation_core.matching import bbox_iou
 
 STATS_NAME = "curation_stats.json"
 SCORES_FIGURE = "curation_scores.png"
 CATEGORIES_FIGURE = "curation_categories.png"
 STAGE_NAMES = ("first", "middle", "last")
+#: IoU at which a training box counts as the same object as a clean box of the same category.
+LABEL_MATCH_IOU = 0.5
 #: Score quantiles reported for picked and rejected rows.
 QUANTILES = {"q10": 0.10, "q25": 0.25, "median": 0.50, "q75": 0.75, "q90": 0.90}
 DPI = 110
@@ -208,6 +211,75 @@ def selection_stats(rows: SelectionRows, dataset: CocoDataset) -> dict[str, Any]
     }
 
 
+def label_errors(dataset: CocoDataset, clean: CocoDataset, *, clean_source: str = "<clean>") -> tuple[np.ndarray, np.ndarray]:
+    """Per image row of ``dataset`` (the training labels) against ``clean`` (the same images' true labels):
+    ``(missing, wrong)``, int64 (N,) each.
+
+    A training box and a clean box of the same image are the same object when they have the same category
+    and IoU >= ``LABEL_MATCH_IOU``, matched one to one, greedily by decreasing IoU (ties: training box,
+    then clean box, in file order). ``missing``: clean boxes left unmatched (a dropped label, or one moved
+    or relabelled beyond recognition); ``wrong``: training boxes left unmatched (spurious, wrong class,
+    badly placed). Crowd boxes are left out on both sides. ``DataError`` if the image ids differ.
+    """
+    ids, clean_ids = [img["id"] for img in dataset.images], {img["id"] for img in clean.images}
+    stray = next((i for i in ids if i not in clean_ids), None)
+    if stray is None and len(clean_ids) != len(ids):
+        stray = next(i for i in sorted(clean_ids) if i not in set(ids))
+    if stray is not None:
+        raise DataError(f"{clean_source}: image {stray}: the clean annotations must hold the same images as the "
+                        f"training annotations ({len(clean_ids)} against {len(ids)} images)")
+    mine, truth = dataset.annotations_by_image, clean.annotations_by_image
+    missing, wrong = np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=np.int64)
+    for row, image_id in enumerate(ids):
+        a = [x for x in mine.get(image_id, []) if not x["iscrowd"]]
+        b = [x for x in truth.get(image_id, []) if not x["iscrowd"]]
+        matched = _greedy_matches(a, b)
+        missing[row], wrong[row] = len(b) - matched, len(a) - matched
+    return missing, wrong
+
+
+def _greedy_matches(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> int:
+    if not a or not b:
+        return 0
+    iou = bbox_iou([x["bbox"] for x in a], [x["bbox"] for x in b], np.zeros(len(b), dtype=bool))
+    same = np.array([x["category_id"] for x in a])[:, None] == np.array([x["category_id"] for x in b])[None, :]
+    iou = np.where(same, iou, -1.0)
+    pairs = np.argwhere(iou >= LABEL_MATCH_IOU)
+    order = np.lexsort((pairs[:, 1], pairs[:, 0], -iou[pairs[:, 0], pairs[:, 1]]))
+    used_a, used_b, matched = set(), set(), 0
+    for i, j in pairs[order]:
+        if i not in used_a and j not in used_b:
+            used_a.add(int(i))
+            used_b.add(int(j))
+            matched += 1
+    return matched
+
+
+def label_error_stats(rows: SelectionRows, dataset: CocoDataset, clean: CocoDataset, *,
+                      clean_source: str = "<clean>") -> dict[str, Any]:
+    """``label_errors`` of ``curation_stats.json``: mean missing and wrong boxes per picked row, rejected row
+    and data set image, the share of wrong boxes among the boxes of picked rows, rejected rows and the data
+    set, and the pick rate by the number of label errors (missing + wrong) of the scored rows."""
+    missing, wrong = label_errors(dataset, clean, clean_source=clean_source)
+    index = {img["id"]: i for i, img in enumerate(dataset.images)}
+    image_row = np.array([index[i] for i in rows.image_id.tolist()], dtype=np.int64)
+    boxes = box_counts(dataset)[1].sum(axis=1)
+    groups = (("picked", image_row[rows.picked]), ("rejected", image_row[~rows.picked]),
+              ("dataset", np.arange(len(index))))
+
+    def share(r: np.ndarray) -> float:
+        total = int(boxes[r].sum())
+        return float(wrong[r].sum() / total) if total else math.nan
+
+    errors = missing + wrong
+    return {"match_iou": LABEL_MATCH_IOU,
+            "missing_per_image": {name: _mean(missing[r]) for name, r in groups},
+            "wrong_per_image": {name: _mean(wrong[r]) for name, r in groups},
+            "wrong_box_share": {name: share(r) for name, r in groups},
+            "pick_rate_by_errors": [{"errors": e["boxes"], **{k: v for k, v in e.items() if k != "boxes"}}
+                                    for e in _pick_rate_by_boxes(errors[image_row], rows.picked)]}
+
+
 def _box_shares(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per category: share of all boxes (NaN when there is none) and the box count, for rows of ``counts``."""
     total = counts.sum(axis=0)
@@ -271,8 +343,13 @@ def _json_ready(value: Any) -> Any:
 
 
 def curation_report(selections_csv: str | os.PathLike[str], annotations_json: str | os.PathLike[str], *,
-                    out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+                    out_dir: str | os.PathLike[str],
+                    clean_annotations: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Statistics and figures of what a curated run picked, written into ``out_dir`` (created if absent).
+
+    ``clean_annotations``: the true labels of the same training images, when the run trained on noisy
+    ones (e.g. from ``detcurate data corrupt``); adds ``label_errors`` (``label_error_stats``): does the
+    selection avoid the images whose labels are wrong?
 
     Returns the content of ``curation_stats.json`` (NaN as ``None``) plus ``"files"``: the three paths
     written. Bad input is a one-line ``DataError`` (or ``CocoValidationError``) naming the file and the
@@ -280,8 +357,13 @@ def curation_report(selections_csv: str | os.PathLike[str], annotations_json: st
     """
     dataset = load_coco(annotations_json)
     rows = read_selection_log(selections_csv, dataset=dataset)
+    extra: dict[str, Any] = {}
+    if clean_annotations is not None:
+        extra = {"clean_annotations": str(clean_annotations),
+                 "label_errors": label_error_stats(rows, dataset, load_coco(clean_annotations),
+                                                   clean_source=str(clean_annotations))}
     stats = _json_ready({"selections": str(selections_csv), "annotations": str(annotations_json),
-                         **selection_stats(rows, dataset)})
+                         **selection_stats(rows, dataset), **extra})
     scores_png = _scores_figure(rows, title=f"{Path(selections_csv).parent.name}: {', '.join(rows.methods)}")
     categories_png = _categories_figure(stats)
     out = Path(out_dir)

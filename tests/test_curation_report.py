@@ -12,9 +12,11 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
-from components.curation_report import curation_report, read_selection_log
+from components.curation_report import curation_report, label_errors, read_selection_log
+from curation_core.coco import CocoDataset, dataset_from_dict
 from curation_core.errors import DataError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -437,3 +439,91 @@ def test_a_curated_training_run_logs_its_selections(mlflow_uri: str, tmp_path: P
     assert len(rows) == 2 * 4 and sum(int(r["picked"]) for r in rows) == 2 * 2  # 2 events of B=4, b=2
     picked = {int(r["image_id"]) for r in rows if r["picked"] == "1"}
     assert run.data.metrics["curation/distinct_images_frac"] == pytest.approx(len(picked) / 8)
+
+
+# ------------------------------------------------------------------------------------------------
+# Label errors against the clean labels (a run trained on noisy ones)
+
+
+def _dataset(annotations: list[dict], images: tuple[int, ...] = (1, 2)) -> CocoDataset:
+    raw = {"images": [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 64} for i in images],
+           "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+           "annotations": [{"id": k + 1, "iscrowd": 0, **a} for k, a in enumerate(annotations)]}
+    return dataset_from_dict(raw, source="<test>")
+
+
+def test_label_errors_by_hand() -> None:
+    clean = _dataset([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]},
+                      {"image_id": 1, "category_id": 2, "bbox": [20, 20, 10, 10]},
+                      {"image_id": 1, "category_id": 1, "bbox": [40, 40, 10, 10]},
+                      {"image_id": 2, "category_id": 1, "bbox": [0, 0, 20, 20]},
+                      {"image_id": 2, "category_id": 1, "bbox": [30, 30, 20, 20]}])
+    noisy = _dataset([{"image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10]},     # jittered: IoU 0.68, right
+                      {"image_id": 1, "category_id": 1, "bbox": [20, 20, 10, 10]},   # swapped class: 1 wrong, 1 missing
+                      # the third cat of image 1 is dropped: 1 missing
+                      {"image_id": 1, "category_id": 2, "bbox": [50, 0, 8, 8]},      # spurious: 1 wrong
+                      {"image_id": 2, "category_id": 1, "bbox": [10, 10, 20, 20]},   # moved: IoU 0.14 with both: 1 wrong
+                      {"image_id": 2, "category_id": 1, "bbox": [31, 31, 20, 20]},   # right
+                      {"image_id": 2, "category_id": 1, "bbox": [0, 0, 64, 64], "iscrowd": 1}])  # crowd: not counted
+    missing, wrong = label_errors(noisy, clean)
+    assert missing.tolist() == [2, 1] and wrong.tolist() == [2, 1]
+    assert [m.tolist() for m in label_errors(clean, clean)] == [[0, 0], [0, 0]]
+    # one to one: two copies of one box match it once; the copy is wrong
+    twice = _dataset([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]}] * 2, images=(1,))
+    once = _dataset([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]}], images=(1,))
+    assert [m.tolist() for m in label_errors(twice, once)] == [[0], [1]]
+    with pytest.raises(DataError, match=r"^clean\.json: image 2: the clean annotations must hold the same images"):
+        label_errors(noisy, _dataset([], images=(1, 3)), clean_source="clean.json")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_label_errors_count_what_the_corruption_changed(seed: int) -> None:
+    """Randomized: boxes of a generated set, corrupted by ``detcurate data corrupt``'s modes one at a time."""
+    from curation_core.corrupt import corrupt_annotations
+
+    rng = np.random.default_rng(seed)
+    annotations = []
+    for image in range(1, 41):  # 0-6 boxes per image on a grid, so that no two boxes overlap
+        cells = rng.choice(16, size=rng.integers(0, 7), replace=False)
+        annotations += [{"image_id": image, "category_id": int(rng.integers(1, 3)),
+                         "bbox": [float(16 * (c % 4)) + 1, float(16 * (c // 4)) + 1, 12.0, 12.0]} for c in cells]
+    clean = _dataset(annotations, images=tuple(range(1, 41)))
+    dropped = corrupt_annotations(clean, mode="drop-per-category", fraction=0.3, seed=seed)
+    missing, wrong = label_errors(dropped.dataset, clean)
+    assert missing.sum() == len(dropped.removed_ids) and wrong.sum() == 0
+    swapped = corrupt_annotations(clean, mode="swap", fraction=0.3, seed=seed)
+    missing, wrong = label_errors(swapped.dataset, clean)
+    assert missing.sum() == wrong.sum() == len(swapped.changed_ids) > 0
+    jittered = corrupt_annotations(clean, mode="jitter", amount=0.05, seed=seed)
+    assert [m.sum() for m in label_errors(jittered.dataset, clean)] == [0, 0]  # small jitter: still the object
+    spurious = corrupt_annotations(clean, mode="spurious", fraction=0.3, seed=seed)
+    missing, wrong = label_errors(spurious.dataset, clean)
+    assert missing.sum() == 0 and wrong.sum() <= len(spurious.added_ids)  # an added box can land on an object
+
+
+def test_report_with_clean_annotations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    selections, annotations = _write(tmp_path)
+    clean = json.loads(annotations.read_text())
+    clean["annotations"] = [a for a in clean["annotations"] if a["id"] != 3]  # image 11's dog is spurious
+    clean["annotations"].append({"id": 9, "image_id": 13, "category_id": 7, "bbox": [1, 1, 8, 8]})  # 13 misses one
+    clean_path = tmp_path / "clean.json"
+    clean_path.write_text(json.dumps(clean))
+    stats = curation_report(selections, annotations, out_dir=tmp_path / "out", clean_annotations=clean_path)
+    errors = stats["label_errors"]
+    # picked rows: 10, 11, 10, 13, 12, 10 -> wrong 0+1+0+0+0+0, missing 0+0+0+1+0+0; boxes 2+1+2+0+1+2 = 8
+    assert errors["wrong_per_image"]["picked"] == pytest.approx(1 / 6)
+    assert errors["missing_per_image"]["picked"] == pytest.approx(1 / 6)
+    assert errors["wrong_box_share"]["picked"] == pytest.approx(1 / 8)
+    # rejected rows: 13, 12, 14, 11, 11, 14 -> wrong 0+0+0+1+1+0, missing 1+0+0+0+0+0; boxes 0+1+0+1+1+0 = 3
+    assert errors["wrong_per_image"]["rejected"] == pytest.approx(2 / 6)
+    assert errors["wrong_box_share"]["rejected"] == pytest.approx(2 / 3)
+    assert errors["wrong_box_share"]["dataset"] == pytest.approx(1 / 4)
+    # scored rows by errors: 0 errors: 10 x3, 12 x2, 14 x2 (7 rows, 4 picked); 1 error: 11 x3, 13 x2 (2 picked)
+    assert errors["pick_rate_by_errors"] == [{"errors": 0, "scored": 7, "picked": 4, "rate": pytest.approx(4 / 7)},
+                                             {"errors": 1, "scored": 5, "picked": 2, "rate": pytest.approx(2 / 5)}]
+    saved = json.loads((tmp_path / "out" / "curation_stats.json").read_text())
+    assert saved["label_errors"]["wrong_box_share"]["picked"] == pytest.approx(1 / 8)
+    code, out, _ = _main(capsys, "curation-report", "--selections", str(selections), "--annotations",
+                         str(annotations), "--out", str(tmp_path / "cli"), "--clean-annotations", str(clean_path))
+    assert code == 0 and re.search(r"wrong share of boxes: picked / rejected / data set\s*│\s*0\.125 / 0\.667 / 0\.250",
+                                   out)

@@ -23,11 +23,14 @@ def _fmt(value: Any, spec: str | None = None) -> Any:
               help="COCO annotations of the run's training set (data.train_annotations).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder for curation_stats.json, curation_scores.png and curation_categories.png (atomic writes).")
-def curation_report_cmd(selections: Path, annotations: Path, out: Path) -> None:
+@click.option("--clean-annotations", type=click.Path(path_type=Path), default=None,
+              help="True labels of the same training images, when the run trained on noisy ones: reports "
+                   "whether the picks avoid wrongly labelled images.")
+def curation_report_cmd(selections: Path, annotations: Path, out: Path, clean_annotations: Path | None) -> None:
     """Summarise what online curation picked: repeats, background and category shares, scores, drift."""
     from components.curation_report import curation_report
 
-    stats = curation_report(selections, annotations, out_dir=out)
+    stats = curation_report(selections, annotations, out_dir=out, clean_annotations=clean_annotations)
     rows, images = stats["rows"], stats["distinct_images"]
     background, scores = stats["background_share"], stats["scores"]
     ui.print_table(f"Curation of {selections} ({', '.join(stats['methods'])})", ["", "value"], [
@@ -42,6 +45,13 @@ def curation_report_cmd(selections: Path, annotations: Path, out: Path) -> None:
         ("background-only share: data set", _fmt(background["dataset"])),
         ("boxes per image: picked / rejected / data set",
          " / ".join(_fmt(stats["boxes_per_image"][k], ".2f") for k in ("picked", "rejected", "dataset"))),
+        *([] if "label_errors" not in stats else [
+            (f"{kind} boxes per image: picked / rejected / data set",
+             " / ".join(_fmt(stats["label_errors"][f"{kind}_per_image"][k], ".3f")
+                        for k in ("picked", "rejected", "dataset"))) for kind in ("missing", "wrong")] + [
+            ("wrong share of boxes: picked / rejected / data set",
+             " / ".join(_fmt(stats["label_errors"]["wrong_box_share"][k], ".3f")
+                        for k in ("picked", "rejected", "dataset")))]),
         ("mean score: picked", _fmt(scores["picked"]["mean"], ".4g")),
         ("mean score: rejected", _fmt(scores["rejected"]["mean"], ".4g")),
     ])
