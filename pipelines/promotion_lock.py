@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from curation_core.errors import ConfigError
+from pipelines.tracking import database_error_reason, database_url_shown
 
 #: Environment variable naming the lock where the tracking URI gives none (an ``http(s)://`` server).
 LOCK_ENV = "DETCURATE_PROMOTION_LOCK"
@@ -63,10 +64,7 @@ class LockTarget:
         """The lock in words, for messages (password hidden)."""
         if self.kind == "file":
             return f"lock file {self.location}"
-        import sqlalchemy
-
-        shown = sqlalchemy.engine.make_url(self.location).render_as_string(hide_password=True)
-        return f"PostgreSQL advisory lock {self.key} in {shown}"
+        return f"PostgreSQL advisory lock {self.key} in {database_url_shown(self.location)}"
 
 
 def lock_key(database: str, name: str) -> int:
@@ -183,9 +181,8 @@ def _advisory_lock(target: LockTarget, name: str, timeout: float) -> Iterator[No
         try:
             connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except sqlalchemy.exc.SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
             raise ConfigError(f"promotion of model {name!r}: {target.describe()} unreachable "
-                              f"({reason})") from None
+                              f"({database_error_reason(exc)})") from None
         with connection:
             # lock_timeout bounds the wait of pg_advisory_lock (SQLSTATE 55P03 when it runs out);
             # 0 would mean "wait forever" to PostgreSQL, so a zero timeout asks once, for 1 ms.

@@ -115,11 +115,23 @@ def check_tracking_server(uri: str, *, timeout: float = HEALTH_TIMEOUT_S) -> Non
 _DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 
 
+def database_url_shown(url: str) -> str:
+    """A SQLAlchemy database URL as messages show it: the password hidden."""
+    import sqlalchemy
+
+    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def database_error_reason(exc: BaseException) -> str:
+    """The first line of a SQLAlchemy error's driver message (at most 200 characters), for one-line errors."""
+    return str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
+
+
 def _check_database(uri: str, *, timeout: float) -> None:
     """Raise ``ConfigError`` naming ``uri`` (password hidden) when its database does not accept a connection."""
     import sqlalchemy
 
-    shown = sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+    shown = database_url_shown(uri)
     try:
         engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": max(1, int(timeout))})
         with engine.connect():
@@ -129,8 +141,7 @@ def _check_database(uri: str, *, timeout: float) -> None:
         raise ConfigError(f"MLflow tracking database {shown}: its driver is not installed ({exc}); "
                           f"{INSTALL_HINT}") from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
-        raise ConfigError(f"MLflow tracking database {shown} is unreachable ({reason}); start it or set "
+        raise ConfigError(f"MLflow tracking database {shown} is unreachable ({database_error_reason(exc)}); start it or set "
                           f"MLFLOW_TRACKING_URI") from None
 
 
