@@ -2,9 +2,10 @@
 
 File in, folder out: reads an active-learning YAML (``curation_core.active.config``), calls
 ``curation_core.active.loop.run_active_learning`` once, and leaves in ``out_dir`` the rounds' folders,
-``state.json`` and ``curve.json`` (``{"level", "measure", "seed", "points": [[boxes, AP], ...],
-"rounds": [...]}``, rewritten after every round). Running it again on the same folder resumes at the
-last completed round.
+``state.json``, ``curve.json`` (``{"level", "measure", "seed", "points": [[boxes, AP], ...],
+"rounds": [...]}``) and ``curve.md`` (a row per round: boxes labelled, images, validation AP and AP50),
+both rewritten after every round. Running it again on the same folder resumes at the last completed
+round.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from curation_core.active.config import ActiveLearningConfig, load_active_learni
 from curation_core.active.loop import STATE_NAME, run_active_learning
 from curation_core.coco import read_json
 from curation_core.engine.hooks import Hook
-from curation_core.io import write_json_atomic
+from curation_core.io import atomic_write, write_json_atomic
 from curation_core.progress import ProgressFn
 
 CURVE_NAME = "curve.json"
+CURVE_TABLE = "curve.md"
 #: Called once with the finished run (e.g. ``pipelines.tracking.log_active_learning``).
 Tracker = Callable[["ActiveLearningSummary", str], None]
 
@@ -60,6 +62,8 @@ def active_learning(config_path: str, out_dir: str, *, overrides: Sequence[str] 
     def write_curve(rounds: list[dict[str, Any]]) -> None:
         write_json_atomic(curve_path, {"level": config.level, "measure": config.measure, "seed": config.seed,
                                        "points": [[r["boxes"], r["AP"]] for r in rounds], "rounds": rounds}, indent=1)
+        with atomic_write(Path(out_dir) / CURVE_TABLE) as handle:
+            handle.write(curve_markdown(config, rounds))
 
     def after_round(record: dict[str, Any]) -> None:
         write_curve(read_json(Path(out_dir) / STATE_NAME)["rounds"])  # resumed rounds included
@@ -73,3 +77,13 @@ def active_learning(config_path: str, out_dir: str, *, overrides: Sequence[str] 
     if tracker is not None:
         tracker(summary, config_path)
     return summary
+
+
+def curve_markdown(config: ActiveLearningConfig, rounds: Sequence[dict[str, Any]]) -> str:
+    """The curve as a Markdown table, a row per round (``round``, ``boxes``, ``images``, ``AP``, ``AP50``)."""
+    lines = [f"# {config.level.capitalize()}-level active learning, measure {config.measure}", "",
+             f"Round 0: {config.initial_images} random, fully labelled images; then {config.rounds} rounds of "
+             f"{config.budget} boxes. AP on the validation set; cost in boxes labelled.", "",
+             "| round | boxes | images | AP | AP50 |", "|---|---|---|---|---|"]
+    lines += [f"| {r['round']} | {r['boxes']} | {r['images']} | {r['AP']:.4f} | {r['AP50']:.4f} |" for r in rounds]
+    return "\n".join(lines) + "\n"

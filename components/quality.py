@@ -16,6 +16,9 @@ Predictions file: a COCO results list, or ``{"protocol": "k-fold" | "held-out" |
 the same from the command line; a value contradicting the file is an error. In-sample predictions
 (a model trained on these very labels) are accepted with a warning in the report: they reproduce
 the label errors they should expose.
+
+``label_quality_of_model`` is the pipeline's form: it predicts the data set with a trained checkpoint
+first (``predictions.json`` in ``out_dir``), its caller stating the protocol.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ from curation_core.offline.label_quality import ANNOTATION_KINDS, KINDS, LabelQu
 #: Where the predictions came from; ``unknown`` when neither the file nor the caller says.
 PROTOCOLS = ("k-fold", "held-out", "in-sample", "unknown")
 OUT_OF_SAMPLE = frozenset({"k-fold", "held-out"})
+#: Files of ``out_dir`` besides the report's: the predictions of ``label_quality_of_model``, the summary.
+PREDICTIONS_NAME = "predictions.json"
+SUMMARY_NAME = "summary.json"
+REPORT_NAME = "report.md"
 
 
 @dataclass(frozen=True)
@@ -82,8 +89,7 @@ def label_quality_report(annotations: str | os.PathLike[str], predictions: str |
     or invalid inputs (predictions of images not in the annotations included) and ``ConfigError``
     for bad options; nothing is written then.
     """
-    if not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"label_quality_report(threshold=) expects a number in [0, 1]; got {threshold!r}.")
+    _check_threshold("label_quality_report", threshold)
     gt = load_coco(annotations)
     detections, protocol, folds = read_predictions(predictions, gt, protocol=protocol)
     report = find_label_errors(gt, detections)
@@ -95,10 +101,45 @@ def label_quality_report(annotations: str | os.PathLike[str], predictions: str |
                              flagged_images=flagged_images, flagged_annotations=flagged_anns, report=report)
     _write_csvs(out, report)
     write_json_atomic(out / "missing_boxes.json", report.missing_boxes(min_score=threshold), indent=1)
-    write_json_atomic(out / "summary.json", _summary_dict(summary, annotations, predictions, threshold), indent=2)
-    with atomic_write(out / "report.md") as handle:
+    write_json_atomic(out / SUMMARY_NAME, _summary_dict(summary, annotations, predictions, threshold), indent=2)
+    with atomic_write(out / REPORT_NAME) as handle:
         handle.write(_markdown(summary, annotations, predictions, threshold, top))
     return summary
+
+
+def label_quality_of_model(checkpoint: str | os.PathLike[str], annotations: str | os.PathLike[str],
+                           images: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, protocol: str,
+                           threshold: float = 0.5, top: int = 20, batch_size: int = 8,
+                           device: str = "cpu") -> QualitySummary:
+    """The label-quality report of ``annotations`` from the detections of the trained ``checkpoint``.
+
+    Parameters
+    ----------
+    protocol : how the checkpoint's model relates to these labels (``k-fold``, ``held-out`` or
+        ``in-sample``: trained on them, and the report then says its scores are unreliable).
+    threshold, top : as for ``label_quality_report``.
+    batch_size, device : of the prediction of every image of ``annotations`` (in ``images``).
+
+    ``out_dir`` gets ``predictions.json`` (``{"protocol", "detections"}``, COCO results, xywh absolute
+    pixels) beside the files of ``label_quality_report``. Raises ``ConfigError`` for a bad option
+    before anything runs, ``CheckpointError`` for a checkpoint of other categories.
+    """
+    if protocol not in PROTOCOLS[:-1]:
+        raise ConfigError(f"label_quality_of_model(protocol=) expects one of {', '.join(PROTOCOLS[:-1])}; "
+                          f"got {protocol!r}.")
+    _check_threshold("label_quality_of_model", threshold)
+    from curation_core.engine.predict import load_detector, predict_dataset
+
+    detector = load_detector(checkpoint, device=device)
+    detections = predict_dataset(detector, load_coco(annotations), images, batch_size=batch_size)
+    predictions = Path(out_dir) / PREDICTIONS_NAME
+    write_json_atomic(predictions, {"protocol": protocol, "detections": detections})
+    return label_quality_report(annotations, predictions, out_dir, threshold=threshold, top=top)
+
+
+def _check_threshold(function: str, threshold: float) -> None:
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"{function}(threshold=) expects a number in [0, 1]; got {threshold!r}.")
 
 
 def _write_csvs(out: Path, report: LabelQualityReport) -> None:
@@ -126,9 +167,15 @@ def _protocol_note(summary: QualitySummary) -> str:
     return "unknown: say --protocol k-fold|held-out (or wrap the file); in-sample predictions reproduce label errors"
 
 
+def _shown(path: Any, out_dir: Path) -> str:
+    """``path`` as the report shows it: its name when it lies in the report's folder (which may be a
+    staging folder renamed afterwards), else as given."""
+    return Path(path).name if Path(path).resolve().parent == out_dir.resolve() else str(path)
+
+
 def _summary_dict(summary: QualitySummary, annotations: Any, predictions: Any, threshold: float) -> dict[str, Any]:
-    return {"annotations": str(annotations), "predictions": str(predictions), "protocol": summary.protocol,
-            "folds": summary.folds, "out_of_sample": summary.protocol in OUT_OF_SAMPLE,
+    return {"annotations": str(annotations), "predictions": _shown(predictions, summary.out_dir),
+            "protocol": summary.protocol, "folds": summary.folds, "out_of_sample": summary.protocol in OUT_OF_SAMPLE,
             "protocol_note": _protocol_note(summary), "threshold": threshold, "images": summary.num_images,
             "scored_annotations": summary.num_annotations, "predictions_count": summary.num_predictions,
             "flagged_images": summary.flagged_images, "flagged_annotations": summary.flagged_annotations,
@@ -137,7 +184,8 @@ def _summary_dict(summary: QualitySummary, annotations: Any, predictions: Any, t
 
 def _markdown(summary: QualitySummary, annotations: Any, predictions: Any, threshold: float, top: int) -> str:
     r = summary.report
-    lines = ["# Label-quality report", "", f"- annotations: `{annotations}`", f"- predictions: `{predictions}` "
+    lines = ["# Label-quality report", "", f"- annotations: `{annotations}`",
+             f"- predictions: `{_shown(predictions, summary.out_dir)}` "
              f"({summary.num_predictions} detections)", f"- predictions were: **{_protocol_note(summary)}**",
              f"- scores in [0, 1], higher = more likely a label error; flagged from {threshold}", "",
              "| kind | flagged images | flagged annotations |", "|---|---|---|"]

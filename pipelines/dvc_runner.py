@@ -25,6 +25,7 @@ ENV_PIPELINE_RUN = "DETCURATE_PIPELINE_RUN"
 ENV_TRACK = "DETCURATE_TRACK"
 #: Parameter sections each stage reads besides profile, seed, prefix (and a training step its model's).
 STAGE_PARAMS = {"data": ("data", "data_rev"), "balance": ("balance",), "robustness": ("robustness", "student"),
+                "active_learning": ("active_learning", "student"), "label_quality": ("label_quality",),
                 "report": ("data_rev",), "promote": ("promotion",)}
 
 

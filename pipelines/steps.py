@@ -6,13 +6,18 @@ Each function calls one ``components`` step and adds what only the orchestration
 the run's tags. The graph, in the same order everywhere::
 
     data -> train_teacher -> balance -> train_student ---------+-> evaluate_<model> (and register)
-      |          \--------------------> train_student_curated -+        |
-      \-> robustness --------------------------------------------> report -> promote
+      |          |\-------------------> train_student_curated -+            |
+      |          \--> label_quality ------------------------------------+   |
+      |-> robustness ---------------------------------------------------+   |
+      \-> active_learning ----------------------------------------------+---+-> report -> promote
 
-``balance`` writes the curation manifest both students train on (``data.manifest``); ``robustness`` is
-the missing-label grid of ``params["robustness"]`` on the student's recipe; ``report`` writes the run's
-``metrics.json`` and its HTML report; ``promote`` compares the two new students with the model holding
-``champion`` on the same validation data version (``pipelines.promotion``), one after the other.
+``balance`` writes the curation manifest both students train on (``data.manifest``); ``label_quality``
+ranks likely label errors of the training set from the teacher's (in-sample) predictions of it;
+``robustness`` is the missing-label grid of ``params["robustness"]`` on the student's recipe;
+``active_learning`` the simulated box-level rounds of ``params["active_learning"]`` on the same recipe,
+the training set as the pool; ``report`` writes the run's ``metrics.json`` and its HTML report;
+``promote`` compares the two new students with the model holding ``champion`` on the same validation
+data version (``pipelines.promotion``), one after the other.
 
 ``run_step(name, params, workdir)`` runs one step of the graph with the folder layout of ``layout``
 (DVC and Airflow); the Kubeflow components call the step functions with their artifact paths.
@@ -37,15 +42,20 @@ GRAPH: dict[str, tuple[str, ...]] = {
     "data": (),
     "train_teacher": ("data",),
     "balance": ("data", "train_teacher"),
+    "label_quality": ("data", "train_teacher"),
     "train_student": ("data", "balance"),
     "train_student_curated": ("data", "train_teacher", "balance"),
     "robustness": ("data",),
+    "active_learning": ("data",),
     **{f"evaluate_{m}": ("data", f"train_{m}") for m in MODELS},
-    "report": ("data", "balance", "robustness", *(f"evaluate_{m}" for m in MODELS), *(f"train_{m}" for m in MODELS)),
+    "report": ("data", "balance", "robustness", "active_learning", "label_quality", *(f"evaluate_{m}" for m in MODELS),
+               *(f"train_{m}" for m in MODELS)),
     "promote": ("data", *(f"evaluate_{m}" for m in CANDIDATES), "report"),
 }
 #: The steps that train (GPU requests, retries, no caching).
-TRAINING_STEPS = (*(f"train_{m}" for m in MODELS), "robustness")
+TRAINING_STEPS = (*(f"train_{m}" for m in MODELS), "robustness", "active_learning")
+#: How the label-quality step's predictions were made: by the teacher, trained on the labels it checks.
+LABEL_QUALITY_PROTOCOL = "in-sample"
 #: File names inside the step outputs.
 MANIFEST_NAME = "manifest.json"
 REGISTRATION_NAME = "registration.json"
@@ -57,6 +67,7 @@ def layout(workdir: str | os.PathLike[str]) -> dict[str, Path]:
     ``report/html/report.html`` its report, ``promotion/promotion.json`` the registry's decisions)."""
     root = Path(workdir)
     return {"data": root / "data", "balance": root / "balance", "robustness": root / "robustness",
+            "active_learning": root / "active_learning", "label_quality": root / "label_quality",
             **{f"train_{m}": root / "models" / m for m in MODELS},
             **{f"evaluate_{m}": root / "eval" / m for m in MODELS}, "report": root / "report",
             "promote": root / "promotion"}
@@ -215,6 +226,102 @@ def robustness_summary(json_path: str | os.PathLike[str]) -> dict[str, Any]:
             "dropped_fraction": {mode: info["dropped_fraction"] for mode, info in report["training_sets"].items()}}
 
 
+def active_learning_step(params: Mapping[str, Any], out_dir: str | os.PathLike[str], *,
+                         data_dir: str | os.PathLike[str], track: bool = True) -> dict[str, Any]:
+    """Simulated active learning (``components.active_learning``): the rounds of
+    ``params["active_learning"]`` on the student's recipe, the data step's training set as the pool and
+    its validation set for every round's AP.
+
+    ``out_dir`` (published whole) gets the rounds' folders, ``state.json``, ``curve.json`` and
+    ``curve.md``, and the run's YAML (``active_learning.yaml``, with its base config
+    ``base_config.yaml``); a step killed halfway resumes at its last completed round. With ``track`` the
+    curve is logged to MLflow (``pipelines.tracking.log_active_learning``). Returns
+    ``active_learning_summary``.
+    """
+    import yaml
+
+    from components.active_learning import CURVE_NAME, ActiveLearningSummary, active_learning
+    from components.data import data_paths
+    from components.staging import finished, staged_output
+    from pipelines.profiles import active_learning_config
+
+    fingerprint = {"active_learning": params["active_learning"], "student": params["student"],
+                   "data": str(Path(data_dir).resolve()), "data_step": _fingerprint(data_dir)}
+    done = finished(out_dir, fingerprint)
+    if done is not None:
+        return done["result"]
+    paths = data_paths(data_dir)
+    result: dict[str, Any] = {}
+    with staged_output(out_dir, step="active_learning", fingerprint=fingerprint, result=result) as stage:
+        base = {**params["student"], "data": {**params["student"].get("data", {}), **paths}}
+        (stage / "base_config.yaml").write_text(yaml.safe_dump(base, sort_keys=False), encoding="utf-8")
+        config = active_learning_config(params, base_config=str(stage / "base_config.yaml"), data=paths)
+        (stage / "active_learning.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        tracker = None
+        if track:
+            from pipelines.tracking import log_active_learning
+
+            def tracker(summary: ActiveLearningSummary, config_path: str) -> None:
+                log_active_learning(summary, config_path, run_name=f"{params['register_prefix']}-active_learning")
+
+        active_learning(str(stage / "active_learning.yaml"), str(stage), tracker=tracker)
+        result.update(active_learning_summary(stage / CURVE_NAME))
+    return result
+
+
+def active_learning_summary(curve_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The numbers of a ``curve.json`` (no paths, no times): level, measure, each round's boxes labelled,
+    images, validation AP and AP50, and the last round's as ``final``."""
+    curve = json.loads(Path(curve_path).read_text(encoding="utf-8"))
+    rounds = [{k: r[k] for k in ("round", "boxes", "images", "AP", "AP50")} for r in curve["rounds"]]
+    return {"level": curve["level"], "measure": curve["measure"], "rounds": rounds, "final": rounds[-1]}
+
+
+def label_quality_step(params: Mapping[str, Any], out_dir: str | os.PathLike[str], *,
+                       data_dir: str | os.PathLike[str], teacher_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The label-quality report of the training set (``components.quality.label_quality_of_model``), from
+    the teacher's predictions of it, flagged from ``label_quality.threshold``.
+
+    The predictions are in-sample: the code has no k-fold or held-out predictor outside the label-quality
+    benchmark (whose 2-fold protocol trains two more detectors), and the teacher trained on these very
+    labels, so it tends to reproduce their errors. The report says so (``summary.json``: ``protocol``
+    ``in-sample``, ``out_of_sample`` false; ``report.md``: "IN-SAMPLE ... scores are unreliable"): its
+    rankings are candidates for review, not error rates.
+
+    ``out_dir`` (published whole) gets ``predictions.json`` and the report's files (``images.csv``,
+    ``annotations.csv``, ``missing_boxes.json``, ``summary.json``, ``report.md``). Inference only, so
+    deterministic; nothing is logged to MLflow here (the report step carries the counts). Returns
+    ``label_quality_summary``.
+    """
+    from components.data import data_paths
+    from components.quality import SUMMARY_NAME, label_quality_of_model
+    from components.staging import finished, staged_output
+
+    settings = dict(params["label_quality"])
+    fingerprint = {"label_quality": settings, "protocol": LABEL_QUALITY_PROTOCOL, "data": str(Path(data_dir).resolve()),
+                   "data_step": _fingerprint(data_dir), "teacher_step": _fingerprint(teacher_dir)}
+    done = finished(out_dir, fingerprint)
+    if done is not None:
+        return done["result"]
+    paths = data_paths(data_dir)
+    result: dict[str, Any] = {}
+    with staged_output(out_dir, step="label_quality", fingerprint=fingerprint, result=result) as stage:
+        label_quality_of_model(Path(teacher_dir) / "checkpoint.pt", paths["train_annotations"], paths["train_images"],
+                               stage, protocol=LABEL_QUALITY_PROTOCOL, threshold=float(settings["threshold"]),
+                               top=int(settings["top"]))
+        result.update(label_quality_summary(stage / SUMMARY_NAME))
+    return result
+
+
+def label_quality_summary(json_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The counts of a label-quality ``summary.json`` (no paths): protocol, images, scored annotations,
+    predictions, flagged images and annotations per kind, missing boxes."""
+    summary = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    keys = ("protocol", "out_of_sample", "threshold", "images", "scored_annotations", "predictions_count",
+            "flagged_images", "flagged_annotations", "missing_boxes")
+    return {k: summary[k] for k in keys}
+
+
 def evaluate_step(model: str, params: Mapping[str, Any], model_dir: str | os.PathLike[str],
                   data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, track: bool = True,
                   register: bool = True, tags: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -268,14 +375,19 @@ def evaluate_step(model: str, params: Mapping[str, Any], model_dir: str | os.Pat
 def report_step(params: Mapping[str, Any], evaluations: Mapping[str, str | os.PathLike[str]],
                 histories: Mapping[str, str | os.PathLike[str]], out_dir: str | os.PathLike[str], *,
                 data_dir: str | os.PathLike[str] | None = None, balance_dir: str | os.PathLike[str] | None = None,
-                robustness_dir: str | os.PathLike[str] | None = None, data_rev: str | None = None,
+                robustness_dir: str | os.PathLike[str] | None = None,
+                active_learning_dir: str | os.PathLike[str] | None = None,
+                label_quality_dir: str | os.PathLike[str] | None = None, data_rev: str | None = None,
                 track: bool = True) -> dict[str, Any]:
     """The run's report (``components.pipeline_report``): ``metrics.json``, ``report.md``, the figure,
-    and ``html/report.html`` (``components.html_report``) with the balance and robustness sections.
+    and ``html/report.html`` (``components.html_report``) with the balance, robustness, active-learning
+    and label-quality sections.
 
     ``metrics.json`` holds the profile, the seed, the data revision and the DVC hash of the data folder,
-    every model's COCO statistics, the manifest's summary and every robustness cell's AP: nothing that
-    depends on the runner. With ``track`` the HTML report is logged to MLflow.
+    every model's COCO statistics, the manifest's summary, every robustness cell's AP, the active-learning
+    curve (``active_learning_summary``: each round's boxes labelled and AP, the final round) and the
+    label-quality counts (``label_quality_summary``): nothing that depends on the runner. With ``track``
+    the HTML report is logged to MLflow.
     """
     from components.pipeline_report import HTML_DIR, pipeline_report
 
@@ -293,6 +405,16 @@ def report_step(params: Mapping[str, Any], evaluations: Mapping[str, str | os.Pa
     if robustness_dir is not None:
         extra["robustness"] = robustness_summary(Path(robustness_dir) / "robustness.json")
         sections.update({f"robustness.{ext}": Path(robustness_dir) / f"robustness.{ext}" for ext in ("md", "png")})
+    if active_learning_dir is not None:
+        from components.active_learning import CURVE_NAME, CURVE_TABLE
+
+        extra["active_learning"] = active_learning_summary(Path(active_learning_dir) / CURVE_NAME)
+        sections["active_learning.md"] = Path(active_learning_dir) / CURVE_TABLE
+    if label_quality_dir is not None:
+        from components.quality import REPORT_NAME, SUMMARY_NAME
+
+        extra["label_quality"] = label_quality_summary(Path(label_quality_dir) / SUMMARY_NAME)
+        sections["label_quality.md"] = Path(label_quality_dir) / REPORT_NAME
     title = f"DetCurate pipeline, {params['profile']} profile, seed {params['seed']}"
     content = pipeline_report(evaluations, out_dir, histories=histories, extra=extra, title=title, sections=sections)
     if track:
@@ -407,6 +529,10 @@ def run_step(name: str, params: Mapping[str, Any], workdir: str | os.PathLike[st
         return balance_step(params, where[name], data_dir=where["data"], teacher_dir=where["train_teacher"], track=track)
     if name == "robustness":
         return robustness_step(params, where[name], data_dir=where["data"], track=track)
+    if name == "active_learning":
+        return active_learning_step(params, where[name], data_dir=where["data"], track=track)
+    if name == "label_quality":
+        return label_quality_step(params, where[name], data_dir=where["data"], teacher_dir=where["train_teacher"])
     if name.startswith("train_"):
         model = name.removeprefix("train_")
         return train_step(model, params, where[name], data_dir=where["data"], teacher_dir=where["train_teacher"],
@@ -420,6 +546,7 @@ def run_step(name: str, params: Mapping[str, Any], workdir: str | os.PathLike[st
     return report_step(params, {m: where[f"evaluate_{m}"] / "eval.json" for m in MODELS},
                        {m: where[f"train_{m}"] / "metrics.json" for m in MODELS}, where["report"],
                        data_dir=where["data"], balance_dir=where["balance"], robustness_dir=where["robustness"],
+                       active_learning_dir=where["active_learning"], label_quality_dir=where["label_quality"],
                        data_rev=data_rev, track=track)
 
 

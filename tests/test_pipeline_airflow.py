@@ -66,11 +66,12 @@ def test_dagbag_imports_the_dags_without_errors(tmp_path: Path) -> None:
     assert bag["errors"] == {} and bag["dags"] == ["detcurate_data", "detcurate_pipeline"]
     assert bag["schedule"] == "AssetOrTimeSchedule"  # weekly, and on every new data version
     assert {t for t, n in bag["retries"].items() if n == 2} == {"train_teacher", "train_student", "train_student_curated",
-                                                                "robustness"}
+                                                                "robustness", "active_learning"}
     assert bag["upstream"]["balance"] == ["train_teacher"] and bag["upstream"]["robustness"] == ["data"]
+    assert bag["upstream"]["active_learning"] == ["data"] and bag["upstream"]["label_quality"] == ["train_teacher"]
     assert bag["upstream"]["train_student_curated"] == bag["upstream"]["train_student"] == ["balance"]
-    assert bag["upstream"]["report"] == ["evaluate_student", "evaluate_student_curated", "evaluate_teacher",
-                                         "robustness"]
+    assert bag["upstream"]["report"] == ["active_learning", "evaluate_student", "evaluate_student_curated",
+                                         "evaluate_teacher", "label_quality", "robustness"]
     assert bag["upstream"]["promote"] == ["report"] and bag["upstream"]["record_success"] == ["promote", "submit_kfp"]
     assert {"profile", "seed", "data_rev", "mode", "kfp_host", "image"} <= set(bag["params"])
 
@@ -93,7 +94,7 @@ def test_a_real_airflow_on_postgresql_runs_the_pipeline(tmp_path: Path) -> None:
                           timeout=1500, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert ": success after" in done.stdout
-    for task in ("data", "train_teacher", "balance", "train_student_curated", "robustness", "report", "promote",
-                 "record_success"):
+    for task in ("data", "train_teacher", "balance", "train_student_curated", "robustness", "active_learning",
+                 "label_quality", "report", "promote", "record_success"):
         assert f"  {task}: success" in done.stdout, done.stdout
     assert "  submit_kfp: skipped" in done.stdout and "| teacher |" in done.stdout

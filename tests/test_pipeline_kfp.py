@@ -16,7 +16,8 @@ pytest.importorskip("kfp")
 import yaml  # noqa: E402
 
 DETCURATE = [sys.executable, "-c", "from pipelines.cli import main; main()"]
-TRAINING = {"train", "train-student", "train-curated", "robustness"}
+TRAINING = {"train", "train-student", "train-curated", "robustness", "active-learning"}
+CACHED = {"data", "label-quality", "report"}
 
 
 @pytest.fixture(scope="module")
@@ -38,22 +39,23 @@ def test_compiled_graph_has_the_tasks_edges_and_resources(package: Path) -> None
     assert spec.root.dag.tasks["record-status"].trigger_policy.strategy == 2  # ALL_UPSTREAM_TASKS_COMPLETED: exit handler
     inner = spec.components[root.component_ref.name].dag.tasks
     assert set(inner) == {"data", "train", "balance", "train-student", "train-curated", "robustness", "evaluate",
-                          "evaluate-2", "evaluate-3", "report", "promote"}
+                          "evaluate-2", "evaluate-3", "report", "promote", "active-learning", "label-quality"}
     edges = {name: set(task.dependent_tasks) for name, task in inner.items()}
-    assert edges["data"] == set() and edges["train"] == edges["robustness"] == {"data"}
+    assert edges["data"] == set() and edges["train"] == edges["robustness"] == edges["active-learning"] == {"data"}
+    assert edges["label-quality"] == {"data", "train"}  # the teacher's predictions of the training set
     assert edges["balance"] == {"data", "train"}  # the teacher's features
     assert edges["train-student"] == {"data", "balance"}  # the manifest
     assert edges["train-curated"] == {"data", "train", "balance"}  # the teacher's model and the manifest
     assert edges["evaluate-3"] == {"data", "train-curated"}
-    assert edges["report"] == {"data", "balance", "robustness", "evaluate", "evaluate-2", "evaluate-3", "train",
-                               "train-student", "train-curated"}
+    assert edges["report"] == {"data", "balance", "robustness", "active-learning", "label-quality", "evaluate",
+                               "evaluate-2", "evaluate-3", "train", "train-student", "train-curated"}
     assert edges["promote"] == {"data", "evaluate-2", "evaluate-3", "report"}  # the last step
     names = {name: task.inputs.parameters["model_name"].runtime_value.constant.string_value
              for name, task in inner.items() if name.startswith(("train", "evaluate"))}
     assert names["train"] == "teacher" and names["train-student"] == "student"
     assert names["train-curated"] == "student_curated"
     for name, task in inner.items():
-        assert task.caching_options.enable_cache == (name in ("data", "report")), name
+        assert task.caching_options.enable_cache == (name in CACHED), name
         assert (task.retry_policy.max_retry_count == 2) == (name in TRAINING), name
     executors = spec.deployment_spec["executors"]
     for name, task in inner.items():
@@ -72,6 +74,16 @@ def test_compiled_graph_has_the_tasks_edges_and_resources(package: Path) -> None
     grid = json.loads(defaults["robustness_params"].default_value.string_value)
     assert grid["modes"] == ["normal", "hard"] and grid["losses"] == ["focal", "brl"] and grid["seeds"] == [0]
     assert json.loads(defaults["promotion_params"].default_value.string_value)["metric"] == "eval/AP"
+    rounds = json.loads(defaults["active_learning_params"].default_value.string_value)
+    assert (rounds["level"], rounds["rounds"], rounds["initial_iters"], rounds["seed"]) == ("box", 2, 4, 0)
+    assert json.loads(defaults["label_quality_params"].default_value.string_value) == {"threshold": 0.5, "top": 10}
+    outputs = {name: set(spec.components[task.component_ref.name].output_definitions.artifacts)
+               for name, task in inner.items()}
+    assert outputs["active-learning"] == {"rounds", "markdown", "metrics"}
+    assert outputs["label-quality"] == {"report_dir", "markdown", "metrics"}
+    types = {name: spec.components[inner["label-quality"].component_ref.name].output_definitions.artifacts[name]
+             .artifact_type.schema_title for name in outputs["label-quality"]}
+    assert types == {"report_dir": "system.Artifact", "markdown": "system.Markdown", "metrics": "system.Metrics"}
 
 
 def test_platform_spec_has_node_selectors_tolerations_and_the_volume(package: Path) -> None:
@@ -83,6 +95,8 @@ def test_platform_spec_has_node_selectors_tolerations_and_the_volume(package: Pa
     assert all(ex["pvcMount"][0]["mountPath"] == "/detcurate" for ex in platform.values())
     assert "nodeSelector" not in platform["exec-evaluate"]
     assert platform["exec-robustness"]["nodeSelector"]["labels"] == {"pool": "gpu"}  # the grid trains
+    assert platform["exec-active-learning"]["nodeSelector"]["labels"] == {"pool": "gpu"}  # the rounds train
+    assert "nodeSelector" not in platform["exec-label-quality"]
 
 
 def test_no_module_named_kfp_shadows_the_package() -> None:

@@ -1,6 +1,7 @@
 """One entry point, several runners: the smoke profile end to end with kfp.local and with Airflow's
-``dag.test()``, the same metrics from both (models, balancing, robustness cells), the HTML report, the
-run status, the registered models and the promotion decisions in MLflow."""
+``dag.test()``, the same metrics from both (models, balancing, robustness cells, the active-learning curve,
+the label-quality counts), the HTML report, the run status, the registered models and the promotion
+decisions in MLflow."""
 
 from __future__ import annotations
 
@@ -56,8 +57,13 @@ def test_kfp_local_runs_the_whole_graph(kfp_run: dict) -> None:
     assert all(0 <= c["AP"] <= 1 for c in cells) and metrics["robustness"]["dropped_fraction"]["normal"] == 0
     assert 0 < metrics["robustness"]["dropped_fraction"]["hard"] < 1
     assert metrics["balance"]["images"] == 96 and metrics["balance"]["expected_images_per_epoch"] > 96  # repeats
+    rounds = metrics["active_learning"]["rounds"]  # round 0, then 2 rounds of 10 boxes
+    assert [r["round"] for r in rounds] == [0, 1, 2] and rounds[-1]["boxes"] == rounds[0]["boxes"] + 20
+    assert metrics["active_learning"]["final"] == rounds[-1] and all(0 <= r["AP"] <= 1 for r in rounds)
+    quality = metrics["label_quality"]  # the teacher's predictions of its own training set
+    assert (quality["protocol"], quality["out_of_sample"], quality["images"]) == ("in-sample", False, 96)
     page = (report / "html" / "report.html").read_text()
-    for heading in ("Pipeline run", "Missing-label robustness", "Balance"):
+    for heading in ("Pipeline run", "Missing-label robustness", "Balance", "Active learning", "Label quality"):
         assert f"<h2>{heading}</h2>" in page, heading
     assert page.count('src="data:image/png;base64,') == 4  # curves, robustness, two balance figures
     client = MlflowClient(tracking_uri=kfp_run["uri"])
@@ -84,7 +90,7 @@ def test_kfp_local_runs_the_whole_graph(kfp_run: dict) -> None:
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the exit handler's record
     training = client.search_runs([runs[0].info.experiment_id], filter_string="attributes.run_name = 'detcurate-smoke-teacher'")
     assert training[0].data.tags["detcurate.pipeline_run"] == runs[0].data.tags["detcurate.pipeline_run"]
-    for name in ("balance", "robustness", "report"):  # each step's MLflow run
+    for name in ("balance", "robustness", "active_learning", "report"):  # each step's MLflow run
         found = client.search_runs([runs[0].info.experiment_id],
                                    filter_string=f"attributes.run_name = 'detcurate-smoke-{name}'")
         assert len(found) == 1 and found[0].info.status == "FINISHED", name

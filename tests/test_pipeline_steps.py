@@ -54,6 +54,15 @@ def test_staged_output_appears_whole_or_not_at_all(tmp_path: Path) -> None:
     (["robustness.trainig.x=1"], "--set: robustness.trainig: not a section"),
     (["balance.near_threshold=-0.1"], "smoke profile, balance: near_threshold: expects a number >= 0.0; got -0.1"),
     (["promotion.min_improvement=x"], "smoke profile, promotion: min_improvement: expects a number"),
+    (["active_learning.rounds=-1"], "smoke profile, active_learning: rounds: Input should be greater than or equal to 0"),
+    (["active_learning.level=pixel"], "smoke profile, active_learning: level: invalid value 'pixel'; valid choices: box, "),
+    (["active_learning.measure=detgain"], "smoke profile, active_learning: measure: detgain needs a teacher checkpoint"),
+    (["active_learning.measure=coreset"], "smoke profile, active_learning: measure: box-level coreset needs RoI features"),
+    (["active_learning.training.model.detector=faster_rcnn"], "smoke profile, active_learning: noisy_score_thresh: "),
+    (["active_learning.training.optim.lr=-1"], "smoke profile, active_learning: optim.lr: Input should be greater than 0"),
+    (["active_learning.budgte=5"], "--set: active_learning.budgte: unknown key; valid keys: budget, "),
+    (["label_quality.threshold=1.5"], "smoke profile, label_quality: threshold: expects a number in [0, 1]; got 1.5"),
+    (["label_quality.top=0"], "smoke profile, label_quality: top: expects an integer >= 1; got 0"),
 ])
 def test_a_bad_parameter_fails_before_any_step(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -85,6 +94,12 @@ def test_profiles_size_the_robustness_grid_and_the_other_steps() -> None:
         assert params["balance"]["threshold"] == 0.3 and params["promotion"]["metric"] == "eval/AP"
     demo = pipeline_params("demo")
     assert demo["student_curated"]["schedule"]["max_iter"] == demo["student"]["schedule"]["max_iter"] == 400
+    for profile, rounds, iterations in (("smoke", 2, 4 + 2 * 2), ("demo", 2, 100 + 2 * 50), ("full", 4, 1600 + 4 * 400)):
+        section = pipeline_params(profile, seed=4)["active_learning"]
+        assert (section["rounds"], section["initial_iters"] + section["rounds"] * section["round_iters"]) == (
+            rounds, iterations)
+        assert section["seed"] == 4 and section["training"]["model"]["detector"] == "retinanet"  # noisy labels dampened
+        assert pipeline_params(profile)["label_quality"] == {"threshold": 0.5, "top": 10}
     changed = pipeline_params("smoke", overrides=["robustness.training.schedule.max_iter=9", "robustness.seeds=[0, 1]"])
     check(changed)
     assert robustness_grid(changed, base_config="b")["base"]["overrides"]["schedule.max_iter"] == 9
@@ -104,6 +119,10 @@ def test_dvc_stages_follow_the_graph(tmp_path: Path) -> None:
     assert stages["train_student"]["deps"] == ["balance", "data"]  # trains on the manifest
     assert {"robustness", "student"} <= set(stages["robustness"]["params"])
     assert "promotion" in stages["promote"]["params"] and "balance" in stages["balance"]["params"]
+    assert {"active_learning", "student"} <= set(stages["active_learning"]["params"])
+    assert stages["active_learning"]["deps"] == ["data"] and stages["label_quality"]["deps"] == ["data", "models/teacher"]
+    assert "label_quality" in stages["label_quality"]["params"]
+    assert {"active_learning", "label_quality"} <= set(stages["report"]["deps"])
     order = list(GRAPH)
     assert order[-1] == "promote" and all(order.index(i) < order.index(n) for n, ins in GRAPH.items() for i in ins)
 
@@ -218,3 +237,37 @@ def test_run_tags_carry_the_data_revision() -> None:
     tags = run_tags(pipeline_params("smoke", seed=2), pipeline_run="r1", data_rev="v1.0")
     assert tags == {"detcurate.profile": "smoke", "detcurate.seed": "2", "detcurate.pipeline_run": "r1",
                     "detcurate.data_rev": "v1.0"}
+
+
+@pytest.mark.slow
+def test_active_learning_and_label_quality_steps_on_the_smoke_data(tmp_path: Path) -> None:
+    from pipelines.steps import layout, report_step, run_step
+
+    params = pipeline_params("smoke", overrides=["teacher.schedule.max_iter=3", "teacher.train.eval_every=0"])
+    check(params)
+    where = layout(tmp_path)
+    for step in ("data", "train_teacher"):
+        run_step(step, params, tmp_path, track=False)
+    rounds = run_step("active_learning", params, tmp_path, track=False)
+    assert (rounds["level"], rounds["measure"]) == ("box", "uncertainty")
+    assert [r["round"] for r in rounds["rounds"]] == [0, 1, 2] and rounds["final"] == rounds["rounds"][-1]
+    boxes = [r["boxes"] for r in rounds["rounds"]]
+    assert boxes[1] - boxes[0] == boxes[2] - boxes[1] == params["active_learning"]["budget"]  # one per queried box
+    assert all(0 <= r["AP"] <= 1 for r in rounds["rounds"])
+    assert (where["active_learning"] / "curve.md").read_text().count("\n| ") == 1 + 3  # header, a row per round
+    quality = run_step("label_quality", params, tmp_path, track=False)
+    assert (quality["protocol"], quality["out_of_sample"], quality["images"]) == ("in-sample", False, 96)
+    assert set(quality["flagged_images"]) == {"missing", "wrong_class", "badly_placed", "spurious"}
+    assert "IN-SAMPLE" in (where["label_quality"] / "report.md").read_text()
+    assert json.loads((where["label_quality"] / "predictions.json").read_text())["protocol"] == "in-sample"
+    stamp = (where["active_learning"] / "curve.json").stat().st_mtime_ns
+    assert run_step("active_learning", params, tmp_path, track=False) == rounds  # finished: reused
+    assert (where["active_learning"] / "curve.json").stat().st_mtime_ns == stamp
+    evaluation = tmp_path / "eval.json"
+    evaluation.write_text(json.dumps({"stats": [0.1] * 12}))
+    report_step(params, {"teacher": evaluation}, {}, tmp_path / "report", active_learning_dir=where["active_learning"],
+                label_quality_dir=where["label_quality"], track=False)
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["active_learning"] == rounds and metrics["label_quality"] == quality
+    page = (tmp_path / "report" / "html" / "report.html").read_text()
+    assert "<h2>Active learning</h2>" in page and "<h2>Label quality</h2>" in page and "IN-SAMPLE" in page

@@ -148,9 +148,10 @@ def active_learning_config_from_dict(raw: dict[str, Any], *, source: str = "<mem
     return config
 
 
-def round_training_config(config: ActiveLearningConfig, *, round_index: int, output_dir: str | os.PathLike[str],
-                          train_annotations: str, source: str = "<active-learning config>") -> TrainConfig:
-    """The validated training config of one round (base + overrides + the round's data, length, seed)."""
+def round_overrides(config: ActiveLearningConfig, *, round_index: int, output_dir: str | os.PathLike[str],
+                    train_annotations: str) -> dict[str, Any]:
+    """The dotted training-config changes of one round: ``base.overrides``, then the round's data, length
+    (``initial_iters`` for round 0, else ``round_iters``), seed, output folder and loss weight of noisy labels."""
     overrides: dict[str, Any] = dict(config.base.overrides)
     overrides.update({"data.train_annotations": train_annotations, "data.train_images": config.train_images,
                       "schedule.max_iter": config.initial_iters if round_index == 0 else config.round_iters,
@@ -159,10 +160,27 @@ def round_training_config(config: ActiveLearningConfig, *, round_index: int, out
                       "data.manifest": None})
     if config.val_annotations is not None:
         overrides.update({"data.val_annotations": config.val_annotations, "data.val_images": config.val_images})
+    return overrides
+
+
+def round_training_config(config: ActiveLearningConfig, *, round_index: int, output_dir: str | os.PathLike[str],
+                          train_annotations: str, source: str = "<active-learning config>") -> TrainConfig:
+    """The validated training config of one round (base + overrides + the round's data, length, seed)."""
+    overrides = round_overrides(config, round_index=round_index, output_dir=output_dir,
+                                train_annotations=train_annotations)
     try:
         train_config = load_config(config.base.config, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
     except ConfigError as exc:
         raise ConfigError(f"{source}: base: {exc}") from None
+    check_round_config(config, train_config, source=source)
+    return train_config
+
+
+def check_round_config(config: ActiveLearningConfig, train_config: TrainConfig, *,
+                       source: str = "<active-learning config>") -> None:
+    """What the rounds need of their training config: a validation set, no online curation, and a
+    detector that supports the level's noisy labels and the measure. ``ConfigError``, one line naming
+    the field."""
     if train_config.data.val_annotations is None:
         raise ConfigError(f"{source}: val_annotations: every round is evaluated on a validation set; give "
                           f"val_annotations and val_images (the base config has none)")
@@ -177,7 +195,6 @@ def round_training_config(config: ActiveLearningConfig, *, round_index: int, out
         raise ConfigError(f"{source}: measure: box-level coreset needs RoI features (model.detector faster_rcnn); "
                           f"{train_config.model.detector} has none (as in Desai & Balasubramanian); valid "
                           f"choices: random, uncertainty")
-    return train_config
 
 
 def _describe(exc: ValidationError, source: str) -> str:

@@ -6,8 +6,9 @@ Two DAGs:
   after its DVC hash and, when that version is new, emits the Asset ``DATA_ASSET`` with its path and
   version. An unchanged version is skipped, so no event is emitted.
 - ``detcurate_pipeline`` (weekly, and whenever ``DATA_ASSET`` gets an event): data -> teacher -> balance
-  -> plain and curated student (and the robustness grid) -> evaluation and registration of each ->
-  report -> promotion of the better student to ``champion`` -> run status in MLflow. The DAG
+  -> plain and curated student (and, beside them, the robustness grid and active learning on the data,
+  label quality on the teacher) -> evaluation and registration of each -> report -> promotion of the
+  better student to ``champion`` -> run status in MLflow. The DAG
   param ``mode`` chooses where the steps run: ``local`` (in the worker's process, the same
   ``pipelines.steps`` functions as every other runner), ``kubernetes`` (each step a
   KubernetesPodOperator running ``detcurate pipeline step`` in ``image``, on the volume ``pvc``) or
@@ -16,7 +17,8 @@ Two DAGs:
 Parsing this file imports Airflow and ``pipelines.profiles`` only: torch, MLflow, kfp and the
 Kubernetes provider are imported inside the tasks (``tests/test_airflow_dag.py`` checks it and the
 parse time). Tasks are idempotent: a step whose output is finished with the same parameters is reused
-(``components.staging``), so retries and re-runs never train twice; training tasks retry twice.
+(``components.staging``), so retries and re-runs never train twice; training tasks (the models, the
+robustness grid, active learning) retry twice.
 """
 
 from __future__ import annotations
@@ -207,6 +209,14 @@ def detcurate_pipeline() -> None:
     def robustness() -> Any:
         return _step("robustness")
 
+    @task(**TRAIN_RETRIES)
+    def active_learning() -> Any:
+        return _step("active_learning")
+
+    @task
+    def label_quality() -> Any:
+        return _step("label_quality")
+
     @task(retries=1)
     def evaluate(model: str) -> Any:
         return _step(f"evaluate_{model}")
@@ -238,19 +248,21 @@ def detcurate_pipeline() -> None:
     branch, kfp_run, data_task = choose_mode(), submit_kfp(), data()
     branch >> [kfp_run, data_task]
     teacher, balanced, grid = train_teacher(), balance(), robustness()
+    rounds, quality = active_learning(), label_quality()
     student, curated = train_student(), train_student_curated()
-    data_task >> [teacher, grid]
+    data_task >> [teacher, grid, rounds]
     teacher >> balanced >> [student, curated]
+    teacher >> quality
     evals = {m: evaluate.override(task_id=f"evaluate_{m}")(m) for m in MODELS}
     teacher >> evals["teacher"]
     student >> evals["student"]
     curated >> evals["student_curated"]
     final, promoted = report(), promote()
-    [*evals.values(), grid] >> final
+    [*evals.values(), grid, rounds, quality] >> final
     final >> promoted
     ends = [promoted, kfp_run]
     ends >> record_success()
-    steps = [data_task, teacher, balanced, grid, student, curated, *evals.values(), final, promoted]
+    steps = [data_task, teacher, balanced, grid, rounds, quality, student, curated, *evals.values(), final, promoted]
     [branch, *steps, kfp_run] >> record_failure()
 
 

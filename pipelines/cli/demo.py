@@ -1,10 +1,10 @@
 """``detcurate demo``: the pipeline's demo profile end to end, and where its results are.
 
 ``detcurate demo`` is ``detcurate pipeline run --runner dvc --profile demo`` (folder
-``outputs/pipeline/dvc-demo``): data, teacher, balancing, plain and DetGain-curated student, robustness
-grid, evaluation and registration, HTML report, promotion of the better student to ``champion``; then
-it prints where the report, the champion model and the MLflow UI are. ``--project-stages`` runs the
-project's own ``dvc.yaml`` instead (its stages also hold active learning) and prints its models.
+``outputs/pipeline/dvc-demo``): data, teacher, balancing, label quality, plain and DetGain-curated
+student, robustness grid, active learning, evaluation and registration, HTML report, promotion of the
+better student to ``champion``; then it prints where the report, the champion model and the MLflow UI
+are. ``--project-stages`` runs the project's own ``dvc.yaml`` instead and prints its models.
 """
 
 from __future__ import annotations
@@ -56,8 +56,9 @@ def _dvc_executable() -> str:
 @click.option("--force", is_flag=True, help="With --project-stages: re-run every stage (dvc repro --force).")
 def demo_cmd(seed: int, overrides: tuple[str, ...], workdir: Path | None, no_track: bool, project_stages: bool,
              force: bool) -> None:
-    """Run the demo pipeline: synthetic data, a teacher, balancing, a plain and a curated student, the
-    missing-label robustness grid, evaluation, registry, the HTML report, promotion to champion.
+    """Run the demo pipeline: synthetic data, a teacher, balancing, label quality, a plain and a curated
+    student, the missing-label robustness grid, active learning, evaluation, registry, the HTML report,
+    promotion to champion.
 
     About 15 minutes on 2 CPU cores. The DVC stages of the run folder re-run only what changed, so a
     second run is quick; a stopped run continues where it stopped. Runs are tracked in MLflow

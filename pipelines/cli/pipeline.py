@@ -37,8 +37,8 @@ def _params(profile: str, seed: int, overrides: tuple[str, ...]) -> dict[str, An
 
 @click.group("pipeline")
 def pipeline() -> None:
-    """Run the pipeline (data, teacher, balancing, plain and curated student, robustness, evaluation,
-    registration, report, promotion to champion).
+    """Run the pipeline (data, teacher, balancing, label quality, plain and curated student, robustness,
+    active learning, evaluation, registration, report, promotion to champion).
 
     \b
     detcurate pipeline run --runner dvc|kfp-local|airflow --profile smoke|demo|full [--data-rev REV]

@@ -4,15 +4,17 @@ Every component runs in the project's image (``KfpOptions.image``: the container
 one function of ``pipelines.steps``, as the DVC stages and the Airflow tasks do; so the component
 bodies hold no step logic. Artifacts are typed: the data set is a ``Dataset``, each trained model a
 ``Model`` (with its COCO statistics as ``Metrics``), the curation manifest and the robustness grid an
-``Artifact`` folder plus ``Metrics``, each evaluation an ``Artifact`` plus ``Metrics``, the report
+``Artifact`` folder plus ``Metrics``, the active-learning rounds and the label-quality report an
+``Artifact`` folder plus ``Markdown`` (the curve's table, the report) and ``Metrics`` (the final AP and
+boxes labelled, the flagged counts), each evaluation an ``Artifact`` plus ``Metrics``, the report
 ``Markdown``, ``HTML``, ``Metrics`` and an ``Artifact`` folder (metrics.json, report.md, figure, html/),
 and the registry's promotion decisions an ``Artifact`` plus ``Metrics``.
 
 Every step's parameters are pipeline parameters (defaults: the profile compiled in; JSON strings, since
 KFP's dict parameters turn integers into floats); training steps
-(teacher, students, robustness grid) request GPUs, CPU and memory, are retried and never cached; the
-deterministic steps (data, report) are cached (balance, evaluation and promotion are not: they log,
-register and promote in MLflow). Node selectors, tolerations and a PVC
+(teacher, students, robustness grid, active learning) request GPUs, CPU and memory, are retried and never
+cached; the deterministic steps (data, label quality, report) are cached (balance, evaluation and
+promotion are not: they log, register and promote in MLflow). Node selectors, tolerations and a PVC
 (``KfpOptions.pvc_name``, mounted on every task) come from kfp-kubernetes. An exit handler records the run's final state in
 MLflow (``pipelines.tracking.record_pipeline_status``).
 """
@@ -157,6 +159,47 @@ def build_components(image: str) -> dict[str, Any]:
             metrics.log_metric(f"{cell['mode']}/{cell['loss']}/{cell['curation']}/seed{cell['seed']}/AP", cell["AP"])
 
     @dsl.component(base_image=image)
+    def active_learning(active_learning_params: str, student_config: str, profile: str, seed: int, register_prefix: str,
+                        track: bool, dataset: Input[Dataset], rounds: Output[Artifact], markdown: Output[Markdown],
+                        metrics: Output[Metrics]):
+        """Simulated box-level active learning on the student's recipe (``pipelines.steps.active_learning_step``)."""
+        import json
+        import shutil
+        from pathlib import Path
+
+        from components.active_learning import CURVE_TABLE
+        from pipelines.steps import active_learning_step
+
+        params = {"profile": profile, "seed": seed, "register_prefix": register_prefix,
+                  "active_learning": json.loads(active_learning_params), "student": json.loads(student_config)}
+        summary = active_learning_step(params, rounds.path, data_dir=dataset.path, track=track)
+        shutil.copyfile(Path(rounds.path) / CURVE_TABLE, markdown.path)
+        for key in ("AP", "AP50", "boxes", "images"):
+            metrics.log_metric(f"final/{key}", summary["final"][key])
+
+    @dsl.component(base_image=image)
+    def label_quality(label_quality_params: str, profile: str, seed: int, register_prefix: str,
+                      dataset: Input[Dataset], teacher: Input[Model], report_dir: Output[Artifact],
+                      markdown: Output[Markdown], metrics: Output[Metrics]):
+        """Likely label errors of the training set, from the teacher's in-sample predictions
+        (``pipelines.steps.label_quality_step``)."""
+        import json
+        import shutil
+        from pathlib import Path
+
+        from components.quality import REPORT_NAME
+        from pipelines.steps import label_quality_step
+
+        params = {"profile": profile, "seed": seed, "register_prefix": register_prefix,
+                  "label_quality": json.loads(label_quality_params)}
+        summary = label_quality_step(params, report_dir.path, data_dir=dataset.path, teacher_dir=teacher.path)
+        shutil.copyfile(Path(report_dir.path) / REPORT_NAME, markdown.path)
+        for group in ("flagged_images", "flagged_annotations"):
+            for kind, count in summary[group].items():
+                metrics.log_metric(f"{group}/{kind}", count)
+        metrics.log_metric("missing_boxes", summary["missing_boxes"])
+
+    @dsl.component(base_image=image)
     def evaluate(model_name: str, profile: str, seed: int, register_prefix: str, data_rev: str, track: bool,
                  pipeline_run: str, dataset: Input[Dataset], model: Input[Model], evaluation: Output[Artifact],
                  metrics: Output[Metrics]):
@@ -172,7 +215,7 @@ def build_components(image: str) -> dict[str, Any]:
     @dsl.component(base_image=image)
     def report(profile: str, seed: int, register_prefix: str, data_rev: str, track: bool, publish_dir: str,
                dataset: Input[Dataset], balance: Input[Artifact], robustness: Input[Artifact],
-               teacher_eval: Input[Artifact], student_eval: Input[Artifact], student_curated_eval: Input[Artifact],
+               active_learning: Input[Artifact], label_quality: Input[Artifact], teacher_eval: Input[Artifact], student_eval: Input[Artifact], student_curated_eval: Input[Artifact],
                teacher_model: Input[Model], student_model: Input[Model], student_curated_model: Input[Model],
                report_dir: Output[Artifact], markdown: Output[Markdown], html: Output[HTML], metrics: Output[Metrics]):
         """The run's report (``pipelines.steps.report_step``); ``publish_dir``: also copied there."""
@@ -187,12 +230,17 @@ def build_components(image: str) -> dict[str, Any]:
                               {m: Path(a.path) / "eval.json" for m, a in evals.items()},
                               {m: Path(a.path) / "metrics.json" for m, a in models.items()}, report_dir.path,
                               data_dir=dataset.path, balance_dir=balance.path, robustness_dir=robustness.path,
+                              active_learning_dir=active_learning.path, label_quality_dir=label_quality.path,
                               data_rev=data_rev or None, track=track)
         shutil.copyfile(Path(report_dir.path) / "report.md", markdown.path)
         shutil.copyfile(Path(report_dir.path) / "html" / "report.html", html.path)
         for name, entry in content["models"].items():
             metrics.log_metric(f"{name}/AP", entry["named"]["AP"])
             metrics.log_metric(f"{name}/AP50", entry["named"]["AP50"])
+        metrics.log_metric("active_learning/AP", content["active_learning"]["final"]["AP"])
+        metrics.log_metric("active_learning/boxes", content["active_learning"]["final"]["boxes"])
+        for kind, count in content["label_quality"]["flagged_images"].items():
+            metrics.log_metric(f"label_quality/flagged_images/{kind}", count)
         if publish_dir:
             shutil.copytree(report_dir.path, Path(publish_dir) / "report", dirs_exist_ok=True)
 
@@ -230,7 +278,8 @@ def build_components(image: str) -> dict[str, Any]:
                message=str(status.error_message or ""), track=track)
 
     return {"data": data, "train": train, "balance": balance, "train_student": train_student,
-            "train_curated": train_curated, "robustness": robustness, "evaluate": evaluate, "report": report,
+            "train_curated": train_curated, "robustness": robustness, "active_learning": active_learning,
+            "label_quality": label_quality, "evaluate": evaluate, "report": report,
             "promote": promote, "record_status": record_status}
 
 
@@ -241,12 +290,14 @@ def build_pipeline(params: dict[str, Any], options: KfpOptions | None = None) ->
     ops = build_components(opts.image)
 
     @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=opts.pipeline_root or None,
-                  description="DetCurate: data, teacher, balancing, plain and curated student, robustness, "
-                              "evaluation and registration, report, registry promotion")
+                  description="DetCurate: data, teacher, balancing, label quality, plain and curated student, "
+                              "robustness, active learning, evaluation and registration, report, registry promotion")
     def detcurate(data_params: str = _json(params["data"]), balance_params: str = _json(params["balance"]),
                   teacher_config: str = _json(params["teacher"]), student_config: str = _json(params["student"]),
                   student_curated_config: str = _json(params["student_curated"]),
                   robustness_params: str = _json(params["robustness"]),
+                  active_learning_params: str = _json(params["active_learning"]),
+                  label_quality_params: str = _json(params["label_quality"]),
                   promotion_params: str = _json(params["promotion"]),
                   profile: str = params["profile"], seed: int = params["seed"],
                   register_prefix: str = params["register_prefix"], data_rev: str = "", track: bool = True,
@@ -279,12 +330,20 @@ def build_pipeline(params: dict[str, Any], options: KfpOptions | None = None) ->
             grid = ops["robustness"](robustness_params=robustness_params, student_config=student_config,
                                      dataset=dataset, **light)
             _training(grid, opts).set_display_name("robustness")
+            rounds = ops["active_learning"](active_learning_params=active_learning_params, student_config=student_config,
+                                            dataset=dataset, **light)
+            _training(rounds, opts).set_display_name("active learning")
+            quality = ops["label_quality"](label_quality_params=label_quality_params, dataset=dataset,
+                                           teacher=teacher.outputs["model"], profile=profile, seed=seed,
+                                           register_prefix=register_prefix)
+            _light(quality, opts, cache=True).set_display_name("label quality")
             evals = {}
             for name in MODELS:
                 task = ops["evaluate"](model_name=name, dataset=dataset, model=models[name].outputs["model"], **tracked)
                 evals[name] = _light(task, opts, cache=False).set_display_name(f"evaluate {name}")
             final = ops["report"](publish_dir=publish_dir, dataset=dataset, balance=manifest,
-                                  robustness=grid.outputs["grid"], register_prefix=register_prefix, track=track,
+                                  robustness=grid.outputs["grid"], active_learning=rounds.outputs["rounds"],
+                                  label_quality=quality.outputs["report_dir"], register_prefix=register_prefix, track=track,
                                   **{f"{m}_eval": evals[m].outputs["evaluation"] for m in MODELS},
                                   **{f"{m}_model": models[m].outputs["model"] for m in MODELS}, **common)
             _light(final, opts, cache=True).set_display_name("report")
