@@ -1,4 +1,4 @@
-"""How DetGain learnability depends on an image's box count, on real teacher and student predictions.
+r"""How DetGain learnability depends on an image's box count, on real teacher and student predictions.
 
 The online curation benchmark found DetGain picking sparse images and skipping crowded ones (mean
 learnability negative for images with 6 or more boxes). A first-order reading of the score explains a
