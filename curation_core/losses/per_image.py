@@ -5,7 +5,9 @@ a batch and derives from that pass what was asked:
 
 - per-image losses: the detector's own training loss terms for each image, normalised within that image
   instead of over the batch (see ``score_forward``);
-- detections: torchvision's inference post-processing, in the coordinates of the input images.
+- detections: torchvision's inference post-processing, in the coordinates of the input images (for
+  FCOS and RetinaNet its batched equivalent, ``batched_detections.one_stage_detections``; Faster
+  R-CNN keeps torchvision's).
 
 The detectors are those of ``curation_core.engine.models.build_detector`` (labels ``1..K`` everywhere).
 Images are expected at the model's training size and are not resized. Module modes are left to the
@@ -27,6 +29,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from curation_core.engine.models import ForegroundFCOS, ForegroundRetinaNet, head_targets
 from curation_core.engine.one_stage import LossRetinaNet
+from curation_core.losses.batched_detections import one_stage_detections
 from curation_core.losses.per_image_rcnn import rcnn_scoring
 
 
@@ -96,9 +99,9 @@ def score_forward(model: nn.Module, images: list[Tensor], targets: list[dict[str
         _check_targets(targets, num_categories)
     if not images:  # an empty batch: nothing to run
         return ScoringOutput(torch.zeros(0) if losses else None, [] if detections else None)
-    sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
     transform = cast(GeneralizedRCNNTransform, model.transform)
     with torch.no_grad():
+        # Padded, never resized: detections are in input pixels (``transform.postprocess`` would scale by 1).
         batch = _batch_images(transform, images)
         loss_targets = targets if losses else None
         if isinstance(model, FasterRCNN):
@@ -106,8 +109,6 @@ def score_forward(model: nn.Module, images: list[Tensor], targets: list[dict[str
         else:
             per_image, found = _one_stage_scoring(cast(FCOS | RetinaNet, model), batch, loss_targets,
                                                   detections=detections)
-        if found is not None:  # no resize happened, so this maps boxes with ratio 1 (or is a no-op)
-            found = transform.postprocess(found, batch.image_sizes, sizes)
     return ScoringOutput(per_image.float() if per_image is not None else None, found)
 
 
@@ -195,9 +196,9 @@ def _one_stage_scoring(model: FCOS | RetinaNet, batch: ImageList, targets: list[
                                  for i, target in enumerate(targets)])
     found = None
     if detections:
-        split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
-        split_anchors = [list(a.split(per_level)) for a in anchors]
-        found = model.postprocess_detections(split_outputs, split_anchors, batch.image_sizes)
+        found = one_stage_detections(model, head_outputs, anchors, per_level, batch.image_sizes)
+        for detection in found:  # head classes 0..K-1 -> labels 1..K, as ForegroundFCOS / ForegroundRetinaNet
+            detection["labels"] = detection["labels"] + 1
     return per_image, found
 
 

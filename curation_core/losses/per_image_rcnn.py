@@ -56,8 +56,8 @@ def rcnn_scoring(model: FasterRCNN, batch: ImageList, targets: list[dict[str, Te
                  detections: bool) -> tuple[Tensor | None, list[dict[str, Tensor]] | None]:
     """Per-image losses (when ``targets`` is given), shape (N,), and/or detections from one backbone pass.
 
-    Detections are in the coordinates of ``batch.image_sizes``, labels 1..K; call
-    ``model.transform.postprocess`` to map them to the input images.
+    Detections are in the coordinates of ``batch.image_sizes``, labels 1..K (the input images' own
+    coordinates when the batch is padded, not resized, as in ``score_forward``).
     """
     features = model.backbone(batch.tensors)
     rpn_pass = _rpn_pass(model, batch, features)
