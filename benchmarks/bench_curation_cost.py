@@ -11,6 +11,11 @@ state update, rule) and in the training step itself (forward, backward, optimize
 scored images/s are counted separately. Cost controls measured: a smaller super-batch, scoring every k-th
 step (``curation.score_every``: one super-batch scored per k steps, k * b kept), and loss-only scoring
 (no post-processing of detections).
+
+Besides wall time, each counted step's CPU time of this process (``time.process_time`` from the
+step's start to its end) gives ``cpu_s_per_step`` and ``cpu_ratio_to_plain``. With ``--threads 1`` on an idle
+machine the two agree; on a machine shared with other jobs the wall time of a variant depends on what
+the others do while it runs, its CPU time much less, so the CPU ratios are the ones to compare there.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +64,15 @@ def measure(name: str, *, data: Path, teacher: Path, steps: int, warmup: int, th
 
     class Record(Hook):
         rows: list[dict[str, float]] = []
+        started = 0.0
+
+        def before_step(self) -> None:
+            self.started = time.process_time()
 
         def after_step(self) -> None:
             m = self.trainer.last_metrics
-            self.rows.append({**m, "step_s": self.trainer.config.train.batch_size / m["images_per_s"]})
+            self.rows.append({**m, "step_s": self.trainer.config.train.batch_size / m["images_per_s"],
+                              "cpu_s": time.process_time() - self.started})
 
     record = Record()
     record.rows = []
@@ -88,6 +99,7 @@ def measure(name: str, *, data: Path, teacher: Path, steps: int, warmup: int, th
         shares["train"] = 1.0 - shares["data"]
     scored = curation.get("super_batch", 0) / curation.get("score_every", 1) if curation["method"] != "none" else 0
     return {"variant": name, "s_per_step": total / len(rows), "median_s": statistics.median(per_step),
+            "cpu_s_per_step": statistics.fmean(r["cpu_s"] for r in rows),
             **{f"{p}_share": shares[p] for p in PARTS}, "trained_img_s": batch * len(rows) / total,
             "scored_img_s": scored * len(rows) / total}
 
@@ -118,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         base = rows[0]["s_per_step"]
         for row in rows:
             row["ratio_to_plain"] = row["s_per_step"] / base
+            row["cpu_ratio_to_plain"] = row["cpu_s_per_step"] / rows[0]["cpu_s_per_step"]
         write_result(args.out, "curation_cost", rows, steps=args.steps, warmup=args.warmup, threads=args.threads)
         print(f"{name}: {rows[-1]['s_per_step']:.3f} s/step", flush=True)
     print_rows("Curated step cost (ratio to the plain step of the same run)", rows)

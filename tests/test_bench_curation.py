@@ -94,6 +94,7 @@ def test_bench_curation_cost_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     rows = json.loads(out.read_text())["rows"]
     assert [r["variant"] for r in rows] == ["plain", "uniform B=80", "detgain B=32 every 2"]
     assert rows[0]["ratio_to_plain"] == 1.0 and rows[0]["teacher_share"] == 0.0
+    assert rows[0]["cpu_ratio_to_plain"] == 1.0 and all(r["cpu_s_per_step"] > 0 for r in rows)
     detgain = rows[2]
     assert detgain["teacher_share"] > 0 and detgain["student_share"] > 0 and detgain["scored_img_s"] > 0
     assert sum(detgain[f"{p}_share"] for p in bench_curation_cost.PARTS) == pytest.approx(1.0, abs=1e-6)
