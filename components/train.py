@@ -90,8 +90,10 @@ def train_model(config: Mapping[str, Any], out_dir: str | os.PathLike[str], *, d
 
     ``out_dir`` receives ``checkpoint.pt``, ``config.yaml``, ``metrics.json`` (and ``selections.csv``
     for a curated run) and ``step.json``. Training runs in ``components.staging.staging_dir(out_dir)``:
-    a run killed halfway continues from its last checkpoint the next time (bit for bit), and a finished
-    output with the same config, data and teacher is returned as it is, without training.
+    a run killed halfway continues from its last checkpoint the next time with the same ``out_dir`` (bit
+    for bit), and a finished output with the same config, data and teacher is returned as it is, without
+    training. (A Kubeflow retry, in a new pod with a new output folder, passes a folder on a volume as
+    ``out_dir``: ``components.staging.scratch_output``.)
     ``hooks`` may be a function of the validated config (built once the config is known to be valid).
     ``manifest``: a curation manifest (``data.manifest``); the step that wrote it is part of the
     fingerprint, so a manifest made with other parameters retrains.

@@ -20,7 +20,9 @@ the training set as the pool; ``report`` writes the run's ``metrics.json`` and i
 data version (``pipelines.promotion``), one after the other.
 
 ``run_step(name, params, workdir)`` runs one step of the graph with the folder layout of ``layout``
-(DVC and Airflow); the Kubeflow components call the step functions with their artifact paths.
+(DVC and Airflow); the Kubeflow components call the step functions with their artifact paths, except
+that with a PVC the training steps (``TRAINING_STEPS``) get a folder on it, which a retried pod finds
+again (``components.staging.scratch_output``); without a PVC a retried training task starts again.
 Heavy imports (torch, MLflow, DVC) happen inside the functions.
 """
 
@@ -52,7 +54,8 @@ GRAPH: dict[str, tuple[str, ...]] = {
                *(f"train_{m}" for m in MODELS)),
     "promote": ("data", *(f"evaluate_{m}" for m in CANDIDATES), "report"),
 }
-#: The steps that train (GPU requests, retries, no caching).
+#: The steps that train (GPU requests, retries, no caching; on Kubeflow with a PVC, a scratch folder each
+#: that a retry resumes).
 TRAINING_STEPS = (*(f"train_{m}" for m in MODELS), "robustness", "active_learning")
 #: How the label-quality step's predictions were made: by the teacher, trained on the labels it checks.
 LABEL_QUALITY_PROTOCOL = "in-sample"

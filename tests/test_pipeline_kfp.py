@@ -99,6 +99,33 @@ def test_platform_spec_has_node_selectors_tolerations_and_the_volume(package: Pa
     assert "nodeSelector" not in platform["exec-label-quality"]
 
 
+def _scratch_arguments(package: Path) -> dict[str, dict[str, str]]:
+    """Each task's scratch arguments (``scratch_root``, ``run_id``, ``step``) as compiled constants."""
+    document = yaml.safe_load(package.read_text().split("\n---\n")[0])
+    tasks = document["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    return {name: {key: value["runtimeValue"]["constant"] for key, value in task["inputs"].get("parameters", {}).items()
+                   if key in ("scratch_root", "run_id", "step")} for name, task in tasks.items()}
+
+
+def test_training_tasks_keep_their_work_on_the_pvc_keyed_by_run_and_step(package: Path, tmp_path: Path) -> None:
+    from kfp import dsl
+
+    from pipelines.kfp.graph import KfpOptions
+    from pipelines.kfp.runner import compile_pipeline
+    from pipelines.profiles import pipeline_params
+    from pipelines.steps import TRAINING_STEPS
+
+    with_pvc = {name: arguments for name, arguments in _scratch_arguments(package).items() if arguments}
+    assert set(with_pvc) == TRAINING
+    assert {arguments.pop("step") for arguments in with_pvc.values()} == set(TRAINING_STEPS)  # one folder per task
+    assert dsl.PIPELINE_JOB_ID_PLACEHOLDER == "{{$.pipeline_job_uuid}}"  # the whole constant: the driver substitutes it
+    assert all(arguments == {"scratch_root": "/detcurate/scratch", "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
+               for arguments in with_pvc.values())
+    without = compile_pipeline(tmp_path / "plain.yaml", pipeline_params("smoke"), KfpOptions())
+    assert all(arguments == {} for arguments in _scratch_arguments(without).values())
+    assert dsl.PIPELINE_JOB_ID_PLACEHOLDER not in without.read_text()
+
+
 def test_no_module_named_kfp_shadows_the_package() -> None:
     root = Path(__file__).resolve().parents[1]
     assert not list(root.glob("**/kfp.py")) or all(".venv" in str(p) for p in root.glob("**/kfp.py"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.staging import DONE_NAME, finished, staged_output, staging_dir
+from components.staging import DONE_NAME, finished, scratch_dir, scratch_output, staged_output, staging_dir
 from curation_core.errors import ConfigError
 from pipelines.profiles import check, pipeline_params
 
@@ -38,6 +39,72 @@ def test_staged_output_appears_whole_or_not_at_all(tmp_path: Path) -> None:
         assert not (stage / "half.txt").exists()  # other parameters: a clean start
         raise RuntimeError
     assert (out / "full.txt").is_file()  # the finished output of {"a": 1} is untouched
+
+
+def test_a_retry_in_a_new_output_folder_resumes_from_the_scratch_of_its_key(tmp_path: Path) -> None:
+    from components.train import train_model
+    from curation_core.engine.hooks import Hook
+    from pipelines.steps import run_step
+
+    class Attempt(Hook):
+        """Records the iteration the run starts at (after a checkpoint is restored); kills it after step ``kill_at``."""
+
+        def __init__(self, kill_at: int | None = None) -> None:
+            self.kill_at, self.started_at = kill_at, None
+
+        def before_train(self) -> None:
+            self.started_at = self.trainer.iter
+
+        def after_step(self) -> None:
+            if self.trainer.iter == self.kill_at:
+                raise RuntimeError("killed")
+
+    params = pipeline_params("smoke", overrides=["data.train=16", "data.val=8", "teacher.train.eval_every=0"])
+    assert (params["teacher"]["train"]["checkpoint_every"], params["teacher"]["schedule"]["max_iter"]) == (3, 6)
+    run_step("data", params, tmp_path, track=False)
+    root, key = tmp_path / "pvc" / "scratch", ("run-1", "train")
+    first, second = Attempt(kill_at=4), Attempt()
+    pod1, pod2 = tmp_path / "pod1" / "model", tmp_path / "pod2" / "model"  # each attempt: a fresh output path
+    with pytest.raises(RuntimeError, match="killed"), scratch_output(pod1, root=root, key=key) as out:
+        train_model(params["teacher"], out, data_dir=tmp_path / "data", hooks=[first])
+    assert out == scratch_dir(root, key) / "model" and (staging_dir(out) / "checkpoint.pt").is_file()
+    assert not pod1.exists() and not staging_dir(pod1).exists()  # the killed attempt published nothing
+    with scratch_output(pod2, root=root, key=key) as out:
+        result = train_model(params["teacher"], out, data_dir=tmp_path / "data", hooks=[second])
+    assert (first.started_at, second.started_at, result["iterations"]) == (0, 3, 6)  # resumed at its checkpoint
+    assert {p.name for p in pod2.iterdir()} >= {"checkpoint.pt", "metrics.json", "config.yaml", DONE_NAME}
+    assert json.loads((pod2 / DONE_NAME).read_text())["result"]["iterations"] == 6
+    assert not staging_dir(pod2).exists() and list(root.iterdir()) == []  # published whole; the scratch cleaned
+
+
+def test_scratch_is_per_key_and_absent_without_a_root(tmp_path: Path) -> None:
+    root = tmp_path / "scratch"
+
+    def attempt(out_dir: Path, key: tuple[str, ...], *, fail: bool) -> bool:
+        """A step that resumes: True when it found the first attempt's marker."""
+        with scratch_output(out_dir, root=root, key=key) as out, \
+                staged_output(out, step="s", fingerprint={"a": 1}, result={}) as stage:
+            found = (stage / "half.txt").is_file()
+            (stage / "half.txt").write_text("half")
+            if fail:
+                raise RuntimeError("killed")
+        return found
+
+    with pytest.raises(RuntimeError):
+        attempt(tmp_path / "a1" / "out", ("run-1", "train"), fail=True)
+    assert not attempt(tmp_path / "b1" / "out", ("run-2", "train"), fail=False)  # another run
+    assert not attempt(tmp_path / "c1" / "out", ("run-1", "train-student"), fail=False)  # another task
+    assert attempt(tmp_path / "a2" / "out", ("run-1", "train"), fail=False)  # the retry of the first
+    assert list(root.iterdir()) == [] and (tmp_path / "a2" / "out" / "half.txt").is_file()
+    with scratch_output(tmp_path / "here", root="", key=("{{$.pipeline_job_uuid}}",)) as out:
+        assert out == tmp_path / "here"  # no root: the output folder itself, the key unread
+    assert list(root.iterdir()) == []
+    for bad, shown in ((("{{$.pipeline_job_uuid}}", "train"), "'{{$.pipeline_job_uuid}}' at part 0"),
+                       (("run-1", ".."), "'..' at part 1"), (("run-1", "a/b"), "'a/b' at part 1"), ((), "got ()")):
+        with pytest.raises(ConfigError, match=re.escape(shown)) as caught, \
+                scratch_output(tmp_path / "x", root=root, key=bad):
+            pass
+        assert "\n" not in str(caught.value) and not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

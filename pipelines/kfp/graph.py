@@ -17,6 +17,13 @@ cached; the deterministic steps (data, label quality, report) are cached (balanc
 promotion are not: they log, register and promote in MLflow). Node selectors, tolerations and a PVC
 (``KfpOptions.pvc_name``, mounted on every task) come from kfp-kubernetes. An exit handler records the run's final state in
 MLflow (``pipelines.tracking.record_pipeline_status``).
+
+A retried task runs in a fresh pod whose output artifact folder is new and empty. With a PVC, each
+training component therefore works in ``<pvc_mount>/scratch/<run id>/<step>``
+(``components.staging.scratch_output``; the run id is ``dsl.PIPELINE_JOB_ID_PLACEHOLDER``, the step
+its name in ``pipelines.steps.TRAINING_STEPS``): a retry resumes from the checkpoint its failed attempt
+left there, and the finished folder is copied onto the output artifact whole. Without a PVC a retry
+starts its step again from the beginning (iteration 0).
 """
 
 
@@ -30,6 +37,8 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Ou
 from pipelines.profiles import CANDIDATES, MODELS
 
 PIPELINE_NAME = "detcurate"
+#: Folder of the training tasks' work in progress on the PVC (``<pvc_mount>/scratch/<run id>/<step>``).
+SCRATCH_DIR = "scratch"
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,10 @@ class KfpOptions:
     retries : retries of a training step.
     pvc_name, pvc_mount : an existing PersistentVolumeClaim mounted on every task at ``pvc_mount``
         (kfp-kubernetes), e.g. the volume behind a ``pipeline_root`` of ``file://`` URIs or a shared
-        data folder; empty ``pvc_name``: no volume.
+        data folder; the training tasks keep their work in progress in ``<pvc_mount>/scratch`` so that a
+        retry resumes it (the folder of a task whose retries all failed stays: delete
+        ``<pvc_mount>/scratch/<run id>`` when done with that run). Empty ``pvc_name``: no volume, and a
+        retried training task starts again from iteration 0.
     pipeline_root : where artifacts go (empty: the Kubeflow installation's default object store).
     """
 
@@ -83,15 +95,17 @@ def build_components(image: str) -> dict[str, Any]:
     @dsl.component(base_image=image)
     def train(model_name: str, config: str, profile: str, seed: int, register_prefix: str, data_rev: str,
               track: bool, pipeline_run: str, dataset: Input[Dataset], model: Output[Model],
-              metrics: Output[Metrics]):
+              metrics: Output[Metrics], scratch_root: str = "", run_id: str = "", step: str = ""):
         """Train one model from scratch (``pipelines.steps.train_step``)."""
         import json
 
+        from components.staging import scratch_output
         from pipelines.steps import run_tags, train_step
 
         params = {"profile": profile, "seed": seed, "register_prefix": register_prefix, model_name: json.loads(config)}
-        result = train_step(model_name, params, model.path, data_dir=dataset.path, track=track,
-                            tags=run_tags(params, pipeline_run=pipeline_run, data_rev=data_rev or None))
+        with scratch_output(model.path, root=scratch_root, key=(run_id, step)) as out:
+            result = train_step(model_name, params, out, data_dir=dataset.path, track=track,
+                                tags=run_tags(params, pipeline_run=pipeline_run, data_rev=data_rev or None))
         for key, value in (result["final"] or {}).items():
             metrics.log_metric(key, value)
         model.metadata.update({"iterations": result["iterations"], "model": model_name})
@@ -113,15 +127,18 @@ def build_components(image: str) -> dict[str, Any]:
     @dsl.component(base_image=image)
     def train_student(model_name: str, config: str, profile: str, seed: int, register_prefix: str, data_rev: str,
                       track: bool, pipeline_run: str, dataset: Input[Dataset], manifest: Input[Artifact],
-                      model: Output[Model], metrics: Output[Metrics]):
+                      model: Output[Model], metrics: Output[Metrics], scratch_root: str = "", run_id: str = "",
+                      step: str = ""):
         """Train the plain student on the balanced stream (``pipelines.steps.train_step``)."""
         import json
 
+        from components.staging import scratch_output
         from pipelines.steps import run_tags, train_step
 
         params = {"profile": profile, "seed": seed, "register_prefix": register_prefix, model_name: json.loads(config)}
-        result = train_step(model_name, params, model.path, data_dir=dataset.path, balance_dir=manifest.path,
-                            track=track, tags=run_tags(params, pipeline_run=pipeline_run, data_rev=data_rev or None))
+        with scratch_output(model.path, root=scratch_root, key=(run_id, step)) as out:
+            result = train_step(model_name, params, out, data_dir=dataset.path, balance_dir=manifest.path, track=track,
+                                tags=run_tags(params, pipeline_run=pipeline_run, data_rev=data_rev or None))
         for key, value in (result["final"] or {}).items():
             metrics.log_metric(key, value)
         model.metadata.update({"iterations": result["iterations"], "model": model_name})
@@ -129,50 +146,58 @@ def build_components(image: str) -> dict[str, Any]:
     @dsl.component(base_image=image)
     def train_curated(model_name: str, config: str, profile: str, seed: int, register_prefix: str, data_rev: str,
                       track: bool, pipeline_run: str, dataset: Input[Dataset], teacher: Input[Model],
-                      manifest: Input[Artifact], model: Output[Model], metrics: Output[Metrics]):
+                      manifest: Input[Artifact], model: Output[Model], metrics: Output[Metrics],
+                      scratch_root: str = "", run_id: str = "", step: str = ""):
         """Train the student on batches the teacher curates online, on the balanced stream
         (``pipelines.steps.train_step``)."""
         import json
 
+        from components.staging import scratch_output
         from pipelines.steps import run_tags, train_step
 
         params = {"profile": profile, "seed": seed, "register_prefix": register_prefix, model_name: json.loads(config)}
-        result = train_step(model_name, params, model.path, data_dir=dataset.path, teacher_dir=teacher.path,
-                            balance_dir=manifest.path, track=track,
-                            tags=run_tags(params, pipeline_run=pipeline_run, data_rev=data_rev or None))
+        with scratch_output(model.path, root=scratch_root, key=(run_id, step)) as out:
+            result = train_step(model_name, params, out, data_dir=dataset.path, teacher_dir=teacher.path,
+                                balance_dir=manifest.path, track=track,
+                                tags=run_tags(params, pipeline_run=pipeline_run, data_rev=data_rev or None))
         for key, value in (result["final"] or {}).items():
             metrics.log_metric(key, value)
         model.metadata.update({"iterations": result["iterations"], "model": model_name})
 
     @dsl.component(base_image=image)
     def robustness(robustness_params: str, student_config: str, profile: str, seed: int, register_prefix: str,
-                   track: bool, dataset: Input[Dataset], grid: Output[Artifact], metrics: Output[Metrics]):
+                   track: bool, dataset: Input[Dataset], grid: Output[Artifact], metrics: Output[Metrics],
+                   scratch_root: str = "", run_id: str = "", step: str = ""):
         """The missing-label robustness grid on the student's recipe (``pipelines.steps.robustness_step``)."""
         import json
 
+        from components.staging import scratch_output
         from pipelines.steps import robustness_step
 
         params = {"profile": profile, "seed": seed, "register_prefix": register_prefix,
                   "robustness": json.loads(robustness_params), "student": json.loads(student_config)}
-        summary = robustness_step(params, grid.path, data_dir=dataset.path, track=track)
+        with scratch_output(grid.path, root=scratch_root, key=(run_id, step)) as out:
+            summary = robustness_step(params, out, data_dir=dataset.path, track=track)
         for cell in summary["cells"]:
             metrics.log_metric(f"{cell['mode']}/{cell['loss']}/{cell['curation']}/seed{cell['seed']}/AP", cell["AP"])
 
     @dsl.component(base_image=image)
     def active_learning(active_learning_params: str, student_config: str, profile: str, seed: int, register_prefix: str,
                         track: bool, dataset: Input[Dataset], rounds: Output[Artifact], markdown: Output[Markdown],
-                        metrics: Output[Metrics]):
+                        metrics: Output[Metrics], scratch_root: str = "", run_id: str = "", step: str = ""):
         """Simulated box-level active learning on the student's recipe (``pipelines.steps.active_learning_step``)."""
         import json
         import shutil
         from pathlib import Path
 
         from components.active_learning import CURVE_TABLE
+        from components.staging import scratch_output
         from pipelines.steps import active_learning_step
 
         params = {"profile": profile, "seed": seed, "register_prefix": register_prefix,
                   "active_learning": json.loads(active_learning_params), "student": json.loads(student_config)}
-        summary = active_learning_step(params, rounds.path, data_dir=dataset.path, track=track)
+        with scratch_output(rounds.path, root=scratch_root, key=(run_id, step)) as out:
+            summary = active_learning_step(params, out, data_dir=dataset.path, track=track)
         shutil.copyfile(Path(rounds.path) / CURVE_TABLE, markdown.path)
         for key in ("AP", "AP50", "boxes", "images"):
             metrics.log_metric(f"final/{key}", summary["final"][key])
@@ -314,24 +339,25 @@ def build_pipeline(params: dict[str, Any], options: KfpOptions | None = None) ->
             dataset = data.outputs["dataset"]
             configs = {"teacher": teacher_config, "student": student_config, "student_curated": student_curated_config}
             models: dict[str, Any] = {}
-            teacher = ops["train"](model_name="teacher", config=configs["teacher"], dataset=dataset, **tracked)
+            teacher = ops["train"](model_name="teacher", config=configs["teacher"], dataset=dataset, **tracked,
+                                   **_scratch(opts, "train_teacher"))
             models["teacher"] = _training(teacher, opts).set_display_name("train teacher")
             balanced = ops["balance"](balance_params=balance_params, dataset=dataset,
                                       teacher=teacher.outputs["model"], **light)
             _light(balanced, opts, cache=False).set_display_name("balance")
             manifest = balanced.outputs["manifest"]
             student = ops["train_student"](model_name="student", config=configs["student"], dataset=dataset,
-                                           manifest=manifest, **tracked)
+                                           manifest=manifest, **tracked, **_scratch(opts, "train_student"))
             models["student"] = _training(student, opts).set_display_name("train student")
             curated = ops["train_curated"](model_name="student_curated", config=configs["student_curated"],
                                            dataset=dataset, teacher=teacher.outputs["model"], manifest=manifest,
-                                           **tracked)
+                                           **tracked, **_scratch(opts, "train_student_curated"))
             models["student_curated"] = _training(curated, opts).set_display_name("train student_curated")
             grid = ops["robustness"](robustness_params=robustness_params, student_config=student_config,
-                                     dataset=dataset, **light)
+                                     dataset=dataset, **light, **_scratch(opts, "robustness"))
             _training(grid, opts).set_display_name("robustness")
             rounds = ops["active_learning"](active_learning_params=active_learning_params, student_config=student_config,
-                                            dataset=dataset, **light)
+                                            dataset=dataset, **light, **_scratch(opts, "active_learning"))
             _training(rounds, opts).set_display_name("active learning")
             quality = ops["label_quality"](label_quality_params=label_quality_params, dataset=dataset,
                                            teacher=teacher.outputs["model"], profile=profile, seed=seed,
@@ -358,6 +384,24 @@ def _json(value: Any) -> str:
     """A step's parameters as a JSON string: KFP's dict parameters are protobuf Structs, whose numbers
     all come back as floats (``train: 96`` -> ``96.0``), which the strict configs refuse."""
     return json.dumps(value, sort_keys=True)
+
+
+def _scratch(opts: KfpOptions, step: str) -> dict[str, str]:
+    """The scratch arguments of the training task of ``step`` (a name of ``pipelines.steps.TRAINING_STEPS``).
+
+    With a PVC: the root ``<pvc_mount>/scratch`` and the key (run id, step). The run id is
+    ``dsl.PIPELINE_JOB_ID_PLACEHOLDER`` (``{{$.pipeline_job_uuid}}``), which the driver replaces by the
+    run's UUID: the same in every attempt of a task, another in every run. It is an argument of its own,
+    since the driver replaces only a constant that is exactly the placeholder. The step is a constant,
+    unique in the graph: ``{{$.pipeline_task_name}}`` resolves to the display name ("train teacher") in
+    some backend versions and to the task's key in others, and ``{{$.pipeline_task_uuid}}`` to the
+    enclosing DAG's execution, which sibling tasks share. Without a PVC: no arguments (the components'
+    defaults: no scratch).
+    """
+    if not opts.pvc_name:
+        return {}
+    return {"scratch_root": f"{opts.pvc_mount.rstrip('/')}/{SCRATCH_DIR}", "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            "step": step}
 
 
 def _training(task: Any, opts: KfpOptions) -> Any:
