@@ -196,17 +196,14 @@ def robustness_step(params: Mapping[str, Any], out_dir: str | os.PathLike[str], 
     from components.staging import finished, staged_output
     from pipelines.profiles import robustness_grid
 
-    fingerprint = {"robustness": params["robustness"], "student": params["student"],
-                   "data": str(Path(data_dir).resolve()), "data_step": _fingerprint(data_dir)}
+    fingerprint = _recipe_fingerprint(params, "robustness", data_dir)
     done = finished(out_dir, fingerprint)
     if done is not None:
         return done["result"]
     paths = data_paths(data_dir)
     result: dict[str, Any] = {}
     with staged_output(out_dir, step="robustness", fingerprint=fingerprint, result=result) as stage:
-        base = {**params["student"], "data": {**params["student"].get("data", {}), **paths}}
-        (stage / "base_config.yaml").write_text(yaml.safe_dump(base, sort_keys=False), encoding="utf-8")
-        grid = {**robustness_grid(params, base_config=str(stage / "base_config.yaml")), **paths}
+        grid = {**robustness_grid(params, base_config=_write_base_config(stage, params, paths)), **paths}
         (stage / "robustness.yaml").write_text(yaml.safe_dump(grid, sort_keys=False), encoding="utf-8")
         tracker = None
         if track:
@@ -218,6 +215,23 @@ def robustness_step(params: Mapping[str, Any], out_dir: str | os.PathLike[str], 
         grid_result = run_grid(str(stage / "robustness.yaml"), str(stage), tracker=tracker)
         result.update(robustness_summary(grid_result.json_path))
     return result
+
+
+def _recipe_fingerprint(params: Mapping[str, Any], section: str, data_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a step that trains on the student's recipe depends on: its ``section`` of the parameters,
+    the student's config and the data step's output."""
+    return {section: params[section], "student": params["student"], "data": str(Path(data_dir).resolve()),
+            "data_step": _fingerprint(data_dir)}
+
+
+def _write_base_config(stage: Path, params: Mapping[str, Any], paths: Mapping[str, str]) -> str:
+    """Write the student's config on the data step's files to ``stage/base_config.yaml``; its path."""
+    import yaml
+
+    base = {**params["student"], "data": {**params["student"].get("data", {}), **paths}}
+    path = stage / "base_config.yaml"
+    path.write_text(yaml.safe_dump(base, sort_keys=False), encoding="utf-8")
+    return str(path)
 
 
 def robustness_summary(json_path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -248,17 +262,14 @@ def active_learning_step(params: Mapping[str, Any], out_dir: str | os.PathLike[s
     from components.staging import finished, staged_output
     from pipelines.profiles import active_learning_config
 
-    fingerprint = {"active_learning": params["active_learning"], "student": params["student"],
-                   "data": str(Path(data_dir).resolve()), "data_step": _fingerprint(data_dir)}
+    fingerprint = _recipe_fingerprint(params, "active_learning", data_dir)
     done = finished(out_dir, fingerprint)
     if done is not None:
         return done["result"]
     paths = data_paths(data_dir)
     result: dict[str, Any] = {}
     with staged_output(out_dir, step="active_learning", fingerprint=fingerprint, result=result) as stage:
-        base = {**params["student"], "data": {**params["student"].get("data", {}), **paths}}
-        (stage / "base_config.yaml").write_text(yaml.safe_dump(base, sort_keys=False), encoding="utf-8")
-        config = active_learning_config(params, base_config=str(stage / "base_config.yaml"), data=paths)
+        config = active_learning_config(params, base_config=_write_base_config(stage, params, paths), data=paths)
         (stage / "active_learning.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         tracker = None
         if track:
