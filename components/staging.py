@@ -111,7 +111,9 @@ def scratch_output(out_dir: str | os.PathLike[str], *, root: str | os.PathLike[s
     tasks and other runs must not.
 
     When the block ends, the finished folder is copied into ``staging_dir(out_dir)`` and renamed onto
-    ``out_dir`` (the output appears whole or not at all), then the key's folder is deleted, with the
+    ``out_dir`` (the output appears whole or not at all); the paths into the scratch folder that its
+    ``step.json`` records are rewritten to name ``out_dir`` (``_relocate_record``), and the key's
+    folder is deleted, with the
     parents it leaves empty below ``root``. On an exception the scratch folder stays for the next attempt
     and ``out_dir`` is untouched; a task whose attempts all failed leaves its folder behind.
     """
@@ -127,6 +129,7 @@ def scratch_output(out_dir: str | os.PathLike[str], *, root: str | os.PathLike[s
     if stage.exists():
         shutil.rmtree(stage)
     shutil.copytree(work, stage, symlinks=True)  # the output may lie on another file system: copy, then rename
+    _relocate_record(stage / DONE_NAME, work, out)
     _replace(stage, out)
     shutil.rmtree(scratch)
     for parent in scratch.relative_to(base).parents[:-1]:  # the key's own parents, root excluded
@@ -134,6 +137,27 @@ def scratch_output(out_dir: str | os.PathLike[str], *, root: str | os.PathLike[s
             (base / parent).rmdir()
         except OSError:  # not empty: another task of the run works there
             break
+
+
+def _relocate_record(record: Path, old: Path, new: Path) -> None:
+    """Rewrite every string of the JSON file ``record`` that is ``old`` or a path below it to the same path
+    below ``new`` (nothing if there is no such file)."""
+    if not record.is_file():
+        return
+    prefixes = {str(old), str(old.resolve())}
+
+    def move(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        if isinstance(value, str):
+            for prefix in prefixes:
+                if value == prefix or value.startswith(prefix + os.sep):
+                    return str(new) + value[len(prefix):]
+        return value
+
+    write_json_atomic(record, move(json.loads(record.read_text(encoding="utf-8"))), indent=2)
 
 
 def _replace(stage: Path, out: Path) -> None:

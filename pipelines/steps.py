@@ -118,13 +118,15 @@ def data_step(params: Mapping[str, Any], out_dir: str | os.PathLike[str], *, dat
 def train_step(model: str, params: Mapping[str, Any], out_dir: str | os.PathLike[str], *,
                data_dir: str | os.PathLike[str], teacher_dir: str | os.PathLike[str] | None = None,
                balance_dir: str | os.PathLike[str] | None = None, track: bool = True,
-               tags: Mapping[str, str] | None = None) -> dict[str, Any]:
+               tags: Mapping[str, str] | None = None,
+               published_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Train ``model`` (``teacher``, ``student``, ``student_curated``) with ``components.train.train_model``.
 
     The curated student reads the teacher step's checkpoint from ``teacher_dir``; the students train on
     the balance step's manifest in ``balance_dir`` (``data.manifest``; None: every image once per
     epoch). With ``track`` the run is logged to MLflow (``pipelines.tracking_hook``) under
-    ``<register_prefix>-<model>``.
+    ``<register_prefix>-<model>``, tagged ``detcurate.output_dir`` with ``published_dir``: where the output
+    ends up when ``out_dir`` is a scratch folder that is copied there and deleted (default ``out_dir``).
     """
     from components.train import train_model
 
@@ -139,7 +141,7 @@ def train_step(model: str, params: Mapping[str, Any], out_dir: str | os.PathLike
     if track:
         from pipelines.tracking_hook import training_hooks
 
-        run_tags = {**(tags or {}), "detcurate.output_dir": str(Path(out_dir).resolve())}
+        run_tags = {**(tags or {}), "detcurate.output_dir": str(Path(published_dir or out_dir).resolve())}
         hooks = lambda config: training_hooks(config, run_name=f"{params['register_prefix']}-{model}",  # noqa: E731
                                               tags=run_tags)
     return train_model(params[model], out_dir, data_dir=data_dir, teacher=teacher, manifest=manifest, hooks=hooks)

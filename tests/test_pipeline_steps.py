@@ -41,10 +41,12 @@ def test_staged_output_appears_whole_or_not_at_all(tmp_path: Path) -> None:
     assert (out / "full.txt").is_file()  # the finished output of {"a": 1} is untouched
 
 
-def test_a_retry_in_a_new_output_folder_resumes_from_the_scratch_of_its_key(tmp_path: Path) -> None:
+def test_a_retry_in_a_new_output_folder_resumes_from_the_scratch_of_its_key(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipelines.tracking_hook
     from components.train import train_model
     from curation_core.engine.hooks import Hook
-    from pipelines.steps import run_step
+    from pipelines.steps import run_step, train_step
 
     class Attempt(Hook):
         """Records the iteration the run starts at (after a checkpoint is restored); kills it after step ``kill_at``."""
@@ -69,11 +71,19 @@ def test_a_retry_in_a_new_output_folder_resumes_from_the_scratch_of_its_key(tmp_
         train_model(params["teacher"], out, data_dir=tmp_path / "data", hooks=[first])
     assert out == scratch_dir(root, key) / "model" and (staging_dir(out) / "checkpoint.pt").is_file()
     assert not pod1.exists() and not staging_dir(pod1).exists()  # the killed attempt published nothing
+    tagged: list[dict[str, str]] = []  # the MLflow run's tags (tracking itself is tested elsewhere)
+    monkeypatch.setattr(pipelines.tracking_hook, "training_hooks",
+                        lambda config, *, run_name, tags: tagged.append(dict(tags)) or [second])
     with scratch_output(pod2, root=root, key=key) as out:
-        result = train_model(params["teacher"], out, data_dir=tmp_path / "data", hooks=[second])
+        result = train_step("teacher", params, out, data_dir=tmp_path / "data", track=True, published_dir=pod2)
     assert (first.started_at, second.started_at, result["iterations"]) == (0, 3, 6)  # resumed at its checkpoint
     assert {p.name for p in pod2.iterdir()} >= {"checkpoint.pt", "metrics.json", "config.yaml", DONE_NAME}
-    assert json.loads((pod2 / DONE_NAME).read_text())["result"]["iterations"] == 6
+    record = json.loads((pod2 / DONE_NAME).read_text())
+    assert record["result"]["iterations"] == 6
+    # the record and the run name where the output is, not the scratch folder that is deleted
+    assert record["result"]["checkpoint"] == str(pod2 / "checkpoint.pt")
+    assert str(root) not in (pod2 / DONE_NAME).read_text() and str(out) in json.dumps(result)
+    assert tagged == [{"detcurate.output_dir": str(pod2.resolve())}]
     assert not staging_dir(pod2).exists() and list(root.iterdir()) == []  # published whole; the scratch cleaned
 
 

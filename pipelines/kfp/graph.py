@@ -105,7 +105,8 @@ def build_components(image: str) -> dict[str, Any]:
         params = {"profile": profile, "seed": seed, "register_prefix": register_prefix, model_name: json.loads(config)}
         with scratch_output(model.path, root=scratch_root, key=(run_id, step)) as out:
             result = train_step(model_name, params, out, data_dir=dataset.path, track=track,
-                                tags=run_tags(params, pipeline_run=pipeline_run, data_rev=data_rev or None))
+                                tags=run_tags(params, pipeline_run=pipeline_run, data_rev=data_rev or None),
+                                published_dir=model.path)
         for key, value in (result["final"] or {}).items():
             metrics.log_metric(key, value)
         model.metadata.update({"iterations": result["iterations"], "model": model_name})
@@ -138,7 +139,8 @@ def build_components(image: str) -> dict[str, Any]:
         params = {"profile": profile, "seed": seed, "register_prefix": register_prefix, model_name: json.loads(config)}
         with scratch_output(model.path, root=scratch_root, key=(run_id, step)) as out:
             result = train_step(model_name, params, out, data_dir=dataset.path, balance_dir=manifest.path, track=track,
-                                tags=run_tags(params, pipeline_run=pipeline_run, data_rev=data_rev or None))
+                                tags=run_tags(params, pipeline_run=pipeline_run, data_rev=data_rev or None),
+                                published_dir=model.path)
         for key, value in (result["final"] or {}).items():
             metrics.log_metric(key, value)
         model.metadata.update({"iterations": result["iterations"], "model": model_name})
@@ -159,7 +161,8 @@ def build_components(image: str) -> dict[str, Any]:
         with scratch_output(model.path, root=scratch_root, key=(run_id, step)) as out:
             result = train_step(model_name, params, out, data_dir=dataset.path, teacher_dir=teacher.path,
                                 balance_dir=manifest.path, track=track,
-                                tags=run_tags(params, pipeline_run=pipeline_run, data_rev=data_rev or None))
+                                tags=run_tags(params, pipeline_run=pipeline_run, data_rev=data_rev or None),
+                                published_dir=model.path)
         for key, value in (result["final"] or {}).items():
             metrics.log_metric(key, value)
         model.metadata.update({"iterations": result["iterations"], "model": model_name})
