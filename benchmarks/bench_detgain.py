@@ -25,7 +25,9 @@
     the learnability (``*_learn``) and for the teacher's DetGain alone (``*_teacher``: the estimator's
     own error, without the cancellation in the difference); ``ms_learn`` the median time of one
     learnability call (both models, indexes built); ``update_ms`` one state update of 80 images and
-    ``exact_index_ms`` / ``envelope_index_ms`` the index rebuilt after it (per model).
+    ``exact_index_ms`` / ``envelope_index_ms`` the index rebuilt after it (per model). The row
+    ``noninterpolated`` is the exact change of the *non-interpolated* mAP (brute force): the ceiling of
+    any estimator that, like the closed forms, ignores the 101-point recall sampling.
 
     python benchmarks/bench_detgain.py [--quick] [--out benchmarks/results/detgain.json]
     python benchmarks/bench_detgain.py --online-only --online GT T S [--online GT T2 S2]   # (c) alone
@@ -56,12 +58,14 @@ from curation_core.detgain import (  # noqa: E402
     learnability,
     leave_one_out_detgain,
 )
-from curation_core.detgain.records import table_from_matches  # noqa: E402
+from curation_core.detgain.records import DetectionTable, table_from_matches, vocabulary_index  # noqa: E402
 from curation_core.detgain.scoring import ONLINE_ESTIMATORS  # noqa: E402
 from curation_core.detgain.synthetic import synthetic_coco, synthetic_matches  # noqa: E402
 from curation_core.matching import DatasetMatches, match_dataset  # noqa: E402
 
 SUPER_BATCH, KEEP = 80, 16
+#: The online section's extra row: the exact change of the non-interpolated mAP, by brute force.
+NONINTERPOLATED = "noninterpolated"
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -84,36 +88,114 @@ def _top_overlap(est: np.ndarray, exact: np.ndarray, rng: np.random.Generator, t
     return hits / (trials * KEEP)
 
 
-def _noninterpolated_loo(matches: Any) -> np.ndarray:
-    """Exact leave-one-out change of the *non-interpolated* mAP (mean precision at the TPs / npig)."""
-    table = table_from_matches(matches)
-    n_gt_img = np.zeros((table.num_images, table.category_ids.size))
-    np.add.at(n_gt_img, (table.gt_image, table.gt_category), table.gt_count)
-    n_gt = n_gt_img.sum(axis=0)
-    fp_all = table.false_positive()
+class _NonInterpolated:
+    """Exact non-interpolated mAP (mean over categories and IoU thresholds of the mean precision at the true
+    positives, divided by the ground truth) of any subset of a table's images, by brute force."""
 
-    def cat_ap(c: int, drop: int | None) -> float:
-        n = n_gt[c] - (n_gt_img[drop, c] if drop is not None else 0)
+    def __init__(self, table: DetectionTable) -> None:
+        self.table = table
+        self.n_gt_img = np.zeros((table.num_images, table.category_ids.size))
+        np.add.at(self.n_gt_img, (table.gt_image, table.gt_category), table.gt_count)
+        self.fp = table.false_positive()
+        self.by_category = [np.flatnonzero(table.det_category == c) for c in range(table.category_ids.size)]
+
+    def category_ap(self, c: int, images: np.ndarray) -> float:
+        """AP of category ``c`` over the images where the (N,) bool mask ``images`` is set (NaN: no ground truth)."""
+        t = self.table
+        n = self.n_gt_img[images, c].sum()
         if n <= 0:
             return float("nan")
-        sel = np.flatnonzero((table.det_category == c) & (table.det_image != (-1 if drop is None else drop)))
-        o = sel[np.lexsort((table.det_rank[sel], table.det_image[sel], -table.det_score[sel]))]
-        tp, fp = table.det_true_positive[o], fp_all[o]
+        sel = self.by_category[c]
+        sel = sel[images[t.det_image[sel]]]
+        o = sel[np.lexsort((t.det_rank[sel], t.det_image[sel], -t.det_score[sel]))]
+        tp, fp = t.det_true_positive[o], self.fp[o]
         ct = np.cumsum(tp, axis=0)
         prec = ct / np.maximum(ct + np.cumsum(fp, axis=0), 1)
         return float(((prec * tp).sum(axis=0) / n).mean())
 
-    base = np.array([cat_ap(c, None) for c in range(table.category_ids.size)])
-    full = np.nanmean(base) if np.isfinite(base).any() else 0.0
-    out = np.zeros(table.num_images)
-    touched = [set(table.det_category[table.det_image == i].tolist()) | set(np.flatnonzero(n_gt_img[i]).tolist())
-               for i in range(table.num_images)]
-    for i in range(table.num_images):
-        new = base.copy()
-        for c in touched[i]:
-            new[c] = cat_ap(c, i)
-        out[i] = full - (np.nanmean(new) if np.isfinite(new).any() else 0.0)
-    return out
+    def touched(self, i: int) -> set[int]:
+        """Categories image row ``i`` has detections or ground truth of."""
+        t = self.table
+        return set(t.det_category[t.det_image == i].tolist()) | set(np.flatnonzero(self.n_gt_img[i]).tolist())
+
+    def changes(self, base_images: np.ndarray, rows: np.ndarray, *, add: bool) -> np.ndarray:
+        """mAP(base + {x}) - mAP(base) for every row x of ``rows`` (``add``), else mAP(base) - mAP(base - {x})."""
+        n_cat = self.table.category_ids.size
+        base = np.array([self.category_ap(c, base_images) for c in range(n_cat)])
+        full = np.nanmean(base) if np.isfinite(base).any() else 0.0
+        out = np.zeros(rows.size)
+        for k, i in enumerate(rows):
+            images = base_images.copy()
+            images[i] = add
+            new = base.copy()
+            for c in self.touched(int(i)):
+                new[c] = self.category_ap(c, images)
+            other = np.nanmean(new) if np.isfinite(new).any() else 0.0
+            out[k] = other - full if add else full - other
+        return out
+
+
+def _noninterpolated_loo(matches: Any) -> np.ndarray:
+    """Exact leave-one-out change of the *non-interpolated* mAP (mean precision at the TPs / npig)."""
+    table = table_from_matches(matches)
+    rows = np.arange(table.num_images)
+    return _NonInterpolated(table).changes(np.ones(table.num_images, dtype=bool), rows, add=False)
+
+
+class _NonInterpolatedInsert:
+    """Exact change of the *non-interpolated* mAP when one image is added alone to a fixed set D.
+
+    D's detections are sorted once per category; an image's detections are merged into that order (no
+    re-sort), so each addition costs one pass over D's detections of the categories it touches. Ties
+    between D and the image rank D first (the image is new: a higher id).
+    """
+
+    def __init__(self, d: DetectionTable) -> None:
+        self.category_ids, n_cat = d.category_ids, d.category_ids.size
+        self.num_gt = d.num_gt().astype(np.float64)
+        fp = d.false_positive()
+        self.sorted = []
+        for c in range(n_cat):
+            sel = np.flatnonzero(d.det_category == c)
+            o = sel[np.lexsort((d.det_rank[sel], d.det_image[sel], -d.det_score[sel]))]
+            self.sorted.append((-d.det_score[o], d.det_true_positive[o].astype(np.float64), fp[o].astype(np.float64)))
+        self.base = np.array([self._ap(c, np.zeros(0), np.zeros((0, d.iou_thresholds.size)),
+                                       np.zeros((0, d.iou_thresholds.size)), 0.0) for c in range(n_cat)])
+
+    def _ap(self, c: int, neg_score: np.ndarray, tp: np.ndarray, fp: np.ndarray, new_gt: float) -> float:
+        n = self.num_gt[c] + new_gt
+        if n <= 0:
+            return float("nan")
+        d_neg, d_tp, d_fp = self.sorted[c]
+        if neg_score.size:  # merge: the image's detections after D's of equal score
+            o = np.argsort(neg_score, kind="stable")
+            neg_score, tp, fp = neg_score[o], tp[o], fp[o]
+            at = np.searchsorted(d_neg, neg_score, side="right")
+            d_tp, d_fp = np.insert(d_tp, at, tp, axis=0), np.insert(d_fp, at, fp, axis=0)
+        ct = np.cumsum(d_tp, axis=0)
+        prec = ct / np.maximum(ct + np.cumsum(d_fp, axis=0), 1.0)
+        return float(((prec * d_tp).sum(axis=0) / n).mean())
+
+    def changes(self, batch: DetectionTable) -> np.ndarray:
+        """(N,) mAP(D + {x}) - mAP(D) for every image x of ``batch``."""
+        rows = vocabulary_index(self.category_ids, batch.category_ids)
+        if np.any(rows == self.category_ids.size):
+            raise ValueError(f"_NonInterpolatedInsert.changes(batch=) expects categories of D; got "
+                             f"{batch.category_ids[rows == self.category_ids.size].tolist()} unknown to D.")
+        full = np.nanmean(self.base) if np.isfinite(self.base).any() else 0.0
+        fp = batch.false_positive()
+        out = np.zeros(batch.num_images)
+        for i in range(batch.num_images):
+            new = self.base.copy()
+            det = np.flatnonzero(batch.det_image == i)
+            gt = batch.gt_image == i
+            for k in set(batch.det_category[det].tolist()) | set(batch.gt_category[gt].tolist()):
+                mine = det[batch.det_category[det] == k]
+                new_gt = float(batch.gt_count[gt & (batch.gt_category == k)].sum())
+                new[rows[k]] = self._ap(int(rows[k]), -batch.det_score[mine], batch.det_true_positive[mine].astype(float),
+                                        fp[mine].astype(float), new_gt)
+            out[i] = (np.nanmean(new) if np.isfinite(new).any() else 0.0) - full
+        return out
 
 
 def _agreement(name: str, matches: Any, smooth: bool, seed: int) -> dict[str, Any]:
@@ -200,8 +282,9 @@ def online_agreement(name: str, teacher: DatasetMatches, student: DatasetMatches
     for state in states.values():  # the indexes are built once per update, outside the timed scoring
         state.exact_index()
         state.envelope_index()
+    ceiling = {role: _NonInterpolatedInsert(state.table()) for role, state in states.items()}
     agree: dict[str, dict[str, list[tuple[float, float]]]] = {"learn": {}, "teacher": {}}
-    times: dict[str, list[float]] = {e: [] for e in ONLINE_ESTIMATORS}
+    times: dict[str, list[float]] = {e: [] for e in (*ONLINE_ESTIMATORS, NONINTERPOLATED)}
     for _ in range(batches):
         rows = np.sort(rng.choice(pool, SUPER_BATCH, replace=False))
         bt, bs = subset_matches(teacher, rows), subset_matches(student, rows)
@@ -211,12 +294,16 @@ def online_agreement(name: str, teacher: DatasetMatches, student: DatasetMatches
             scores = learnability(states["teacher"], states["student"], bt, bs, estimator=estimator)
             times[estimator].append(time.perf_counter() - start)
             learn[estimator], single[estimator] = scores.learnability, scores.delta_teacher
+        start = time.perf_counter()  # the ceiling of the closed forms: the exact non-interpolated change
+        delta_t, delta_s = (ceiling[r].changes(table_from_matches(b)) for r, b in (("teacher", bt), ("student", bs)))
+        times[NONINTERPOLATED].append(time.perf_counter() - start)
+        learn[NONINTERPOLATED], single[NONINTERPOLATED] = delta_t - delta_s, delta_t
         for key, scores_of in (("learn", learn), ("teacher", single)):
             for estimator, pair in _batch_agreement(scores_of).items():
                 agree[key].setdefault(estimator, []).append(pair)
     update = _update_cost(teacher, d_rows, pool, config, rng)
     rows_out = []
-    for estimator in ONLINE_ESTIMATORS:
+    for estimator in (*ONLINE_ESTIMATORS, NONINTERPOLATED):
         learn_pairs, single_pairs = np.array(agree["learn"][estimator]), np.array(agree["teacher"][estimator])
         rows_out.append({
             "set": name, "estimator": estimator, "D_imgs": window,
@@ -359,6 +446,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="online agreement on these real predictions of both models (repeatable)")
     parser.add_argument("--window", type=int, default=2000, help="images of D in the online setting")
     parser.add_argument("--batches", type=int, default=50, help="super-batches of 80 in the online setting")
+    parser.add_argument("--online-note", default="", help="where the online predictions come from (kept in --out)")
     parser.add_argument("--online-only", action="store_true",
                         help="run only the online section; replace its rows in --out, keep the other sections")
     args = parser.parse_args(argv)
@@ -367,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
         print_rows(f"(c) online: D = {args.window} images, {args.batches} super-batches of {SUPER_BATCH}, top {KEEP}",
                    online_rows)
     if args.online_only:
-        _replace_online(args.out, online_rows, args.online)
+        _replace_online(args.out, online_rows, args.online, args.online_note)
         return
     if args.quick:
         sizes, seeds, states, per_image, brute, loo_n, repeats = [200], [0], [100_000], [100], [50, 100], 500, 20
@@ -404,16 +492,16 @@ def main(argv: list[str] | None = None) -> None:
     write_result(args.out, "detgain", agree, speed=speed_rows, brute_force=brute_rows, summary=summary,
                  leave_one_out=loo, load_average_before=load_before, load_average_after=os.getloadavg(),
                  real_predictions="none given" if not args.predictions else [p[1] for p in args.predictions],
-                 online=online_rows, online_predictions=args.online)
+                 online=online_rows, online_predictions=args.online, online_note=args.online_note)
 
 
-def _replace_online(path: str, rows: list[dict[str, Any]], triples: list[list[str]]) -> None:
+def _replace_online(path: str, rows: list[dict[str, Any]], triples: list[list[str]], note: str) -> None:
     """Rewrite the online section of an existing result file (or write a file with only that section)."""
     from curation_core.io import write_json_atomic
 
     payload = json.loads(Path(path).read_text()) if Path(path).exists() else {"benchmark": "detgain", "rows": []}
-    payload.update(online=rows, online_predictions=triples, online_time=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                   online_load_average=os.getloadavg())
+    payload.update(online=rows, online_predictions=triples, online_note=note,
+                   online_time=time.strftime("%Y-%m-%dT%H:%M:%S"), online_load_average=os.getloadavg())
     write_json_atomic(path, payload, indent=2)
 
 
