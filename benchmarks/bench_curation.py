@@ -107,13 +107,15 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "loss_learnability-std": ({"method": "loss_learnability"}, "standard"),
     "image_ap-std": ({"method": "image_ap"}, "standard"),
     "detgain-empirical-std": ({"method": "detgain", "estimator": "empirical"}, "standard"),
+    "detgain-uniform-std": ({"method": "detgain", "estimator": "uniform"}, "standard"),
+    "detgain-exact-std": ({"method": "detgain", "estimator": "exact"}, "standard"),
     "uniform-mild": ({"method": "uniform"}, "mild"),
     "detgain-empirical-mild": ({"method": "detgain", "estimator": "empirical"}, "mild"),
 }
 #: (setting, variant) pairs of the full benchmark, in the order they run.
 CLEAN = [("clean", v) for v in VARIANTS if not v.endswith(("-std", "-mild")) and v != "mild"]
 NOISY = [("noisy", v) for v in ("plain", "uniform", "loss_learnability", "detgain-empirical")]
-TEACHERS = [("weak-teacher", "detgain-empirical")]
+TEACHERS = [("weak-teacher", "detgain-empirical"), ("weak-teacher", "detgain-empirical-std")]
 
 
 @dataclass
@@ -229,7 +231,7 @@ class Bench:
     def run_all(self, pairs: list[tuple[str, str]]) -> None:
         todo = [(s, v, seed) for seed in self.seeds for s, v in pairs if (s, v, seed) not in self.done()]
         print(f"{len(todo)} runs to do ({len(self.done())} done)", flush=True)
-        if any(VARIANTS[v][0]["method"] in ("loss_learnability", "image_ap", "detgain") and s != "noisy"
+        if any(VARIANTS[v][0]["method"] in ("loss_learnability", "image_ap", "detgain") and s == "clean"
                for s, v, _ in todo):
             self.teacher(self.profile.teacher_iterations)  # once, before the parallel runs need it
         if any(s == "weak-teacher" for s, _, _ in todo):
