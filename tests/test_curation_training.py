@@ -155,6 +155,20 @@ def test_selection_changes_what_is_trained_but_not_the_steps(tmp_path: Path, tea
     assert plain.steps[0] == [(int(i), p) for i, p in plain.steps[0]]
 
 
+def test_selection_stops_after_stop_iter(tmp_path: Path, teachers: dict[str, Path]) -> None:
+    recorder = Batches()
+    result = train_config(config_from_dict(_curated(tmp_path, teachers["fcos"], method="detgain", max_iter=4,
+                                                    warmup_iters=1, stop_iter=3)), hooks=[recorder])
+    rows = _log(result.output_dir)
+    assert sorted({int(r["iteration"]) for r in rows}) == [2, 3]  # step 1 warm-up, 4 after the stop: unscored
+    for step in (1, 4):  # plain steps train on the first b images of their super-batch
+        assert [p for _, p in recorder.steps[step - 1]] == [(step - 1) * 6, (step - 1) * 6 + 1]
+    for step in (2, 3):
+        picked = {(int(r["image_id"]), int(r["position"])) for r in rows if int(r["iteration"]) == step
+                  and r["picked"] == "1"}
+        assert picked == set(recorder.steps[step - 1])
+
+
 def test_bad_curation_configs_are_one_line_errors(tmp_path: Path, teachers: dict[str, Path]) -> None:
     raw = tiny_config_dict(tmp_path, val=False)
     cases = [
@@ -165,6 +179,8 @@ def test_bad_curation_configs_are_one_line_errors(tmp_path: Path, teachers: dict
         ({"method": "detgain", "teacher": "t.pt", "estimator": "exact", "decay": 0.9}, r"exact' needs equal image weights"),
         ({"estimator": "median"}, r"curation\.estimator: invalid value 'median'; valid choices: exact, uniform, empirical, envelope"),
         ({"rule": "best"}, r"curation\.rule: invalid value 'best'; valid choices: top, sample"),
+        ({"warmup_iters": 5, "stop_iter": 5}, r"curation: stop_iter \(5\) must be > warmup_iters \(5\)"),
+        ({"stop_iter": 0}, r"curation\.stop_iter"),
     ]
     for section, message in cases:
         with pytest.raises(ConfigError, match=message):

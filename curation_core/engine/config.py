@@ -351,6 +351,8 @@ class CurationConfig(_Section):
     window: Int | None = Field(2000, ge=1, description="DetGain state: keep the most recent N images (null: all)")
     decay: Float | None = Field(None, gt=0.0, lt=1.0, description="DetGain state: per-update weight decay (null: none)")
     warmup_iters: Int = Field(0, ge=0, description="plain steps (first b of each super-batch) before selection")
+    stop_iter: Int | None = Field(None, ge=1, description="selection ends after this step; the later steps are "
+                                  "plain, as in warm-up (null: to the end)")
     student_bn: Literal["eval", "batch"] = Field(
         "eval", description="student BatchNorm while scoring: running statistics (eval) or super-batch statistics")
     score_every: Int = Field(1, ge=1, description="score one super-batch every k steps and keep k*b of it")
@@ -363,6 +365,9 @@ class CurationConfig(_Section):
         if self.teacher_cache and self.method not in ("detgain", "image_ap"):
             raise ValueError(f"teacher_cache applies to the teacher's detections (methods detgain, image_ap); "
                              f"method {self.method!r} uses none")
+        if self.stop_iter is not None and self.stop_iter <= self.warmup_iters:
+            raise ValueError(f"stop_iter ({self.stop_iter}) must be > warmup_iters ({self.warmup_iters}): "
+                             f"no step would be curated")
         if self.estimator in ("exact", "envelope") and self.decay is not None:
             raise ValueError(f"estimator {self.estimator!r} needs equal image weights: set decay to null (use window)")
         return self

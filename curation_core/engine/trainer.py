@@ -420,8 +420,8 @@ class Trainer:
                 seconds: dict[str, float]) -> list[int]:
         cur = self.config.curation
         count = self.config.train.batch_size * cur.score_every
-        if self.iter < cur.warmup_iters:  # plain steps: the first images of the (shuffled) super-batch
-            return list(range(count))
+        if self.iter < cur.warmup_iters or (cur.stop_iter is not None and self.iter >= cur.stop_iter):
+            return list(range(count))  # plain steps: the first images of the (shuffled) super-batch
         assert self.selector is not None
         choice = self.selector.choose(self.model, images, targets, count=count, event=self.iter // cur.score_every)
         self._scored_seen += len(images)
