@@ -117,6 +117,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "uniform-mild": ({"method": "uniform"}, "mild"),
     "detgain-empirical-mild": ({"method": "detgain", "estimator": "empirical"}, "mild"),
 }
+#: The uniform-selection reference of each augmentation (same super-batches, random choice).
+UNIFORM_OF = {"standard": "uniform-std", "strong": "uniform", "mild": "uniform-mild"}
 #: (setting, variant) pairs of the full benchmark, in the order they run.
 CLEAN = [("clean", v) for v in VARIANTS if not v.endswith(("-std", "-mild")) and v != "mild"]
 NOISY = [("noisy", v) for v in ("plain", "uniform", "loss_learnability", "detgain-empirical")]
@@ -315,16 +317,32 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         base = float(np.mean([r["final_AP"] for r in base_runs])) if base_runs else math.nan
         base_s = float(np.mean([_train_s(r) for r in base_runs])) if base_runs else math.nan
         hits = [_to_target(r, base) for r in rs]
+        reference = UNIFORM_OF[VARIANTS[variant][1]]
+        uniform_runs = groups.get(("clean" if setting == "weak-teacher" else setting, reference), [])
+        vs_plain, vs_uniform = _paired(rs, base_runs), _paired(rs, uniform_runs if variant != reference else [])
         rows.append({"setting": setting, "variant": variant, "seeds": int(ap.size), "AP mean": float(ap.mean()),
                      "AP sd": sd, "AP se": sd / math.sqrt(ap.size) if ap.size > 1 else math.nan,
                      "AP50 mean": float(np.mean([r["final_AP50"] for r in rs])),
                      "vs plain %": 100.0 * (ap.mean() / base - 1.0) if base and math.isfinite(base) else math.nan,
+                     "paired vs plain": vs_plain[0], "paired vs plain se": vs_plain[1],
+                     "paired vs uniform": vs_uniform[0], "paired vs uniform se": vs_uniform[1],
                      "train s": float(np.mean([_train_s(r) for r in rs])),
                      "AP at plain's time": float(np.mean([_ap_at(r, base_s) for r in rs])),
                      "reach plain AP": f"{sum(math.isfinite(h[0]) for h in hits)}/{len(hits)}",
                      "iters to plain AP": _nanmean([h[0] for h in hits]),
                      "time to plain AP": _nanmean([h[1] for h in hits]) / base_s if base_s else math.nan})
     return rows
+
+
+def _paired(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> tuple[float, float]:
+    """Mean and standard error over the shared seeds of the final-AP difference ``runs - reference`` (a seed
+    draws the same initial weights and stream in both); NaN without shared seeds (se: fewer than two)."""
+    ref = {r["seed"]: r["final_AP"] for r in reference}
+    diff = np.array([r["final_AP"] - ref[r["seed"]] for r in runs if r["seed"] in ref])
+    if not diff.size:
+        return math.nan, math.nan
+    se = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else math.nan
+    return float(diff.mean()), se
 
 
 def _nanmean(values: list[float]) -> float:
@@ -369,10 +387,14 @@ def _ap_at(run: dict[str, Any], seconds: float) -> float:
 def write_markdown(path: Path, rows: list[dict[str, Any]], profile: dict[str, Any]) -> None:
     from curation_core.io import atomic_write
 
-    head = ["setting", "variant", "seeds", "AP mean", "AP sd", "AP se", "AP50 mean", "vs plain %", "train s",
-            "AP at plain's time", "reach plain AP", "iters to plain AP", "time to plain AP"]
+    head = ["setting", "variant", "seeds", "AP mean", "AP sd", "AP se", "AP50 mean", "vs plain %", "paired vs plain",
+            "paired vs plain se", "paired vs uniform", "paired vs uniform se", "train s", "AP at plain's time",
+            "reach plain AP", "iters to plain AP", "time to plain AP"]
     lines = [f"Profile `{profile.get('name')}`: {profile}", "",
-             "AP: final val AP over seeds (sd, standard error se). vs plain: relative change of the mean. train s: "
+             "AP: final val AP over seeds (sd, standard error se). vs plain: relative change of the mean. paired vs "
+             "plain / uniform: mean and standard error over the shared seeds of the final-AP difference to plain "
+             "training and to uniform selection with the same augmentation (the weak-teacher setting against the "
+             "clean runs). train s: "
              "step time (evaluations excluded). AP at plain's time: AP reached after plain training's mean step "
              "time. iters / time to plain AP: fraction of the iterations, and step time as a multiple of plain's, "
              "at which the AP curve (linear between evaluations) first reaches plain's mean final AP, averaged over the "

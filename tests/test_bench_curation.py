@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def test_bench_curation_smoke_profile_writes_runs_and_resumes(tmp_path: Path, be
 def test_summary_reports_mean_spread_and_gain_over_plain(bench_curation) -> None:  # noqa: ANN001
     runs = [{"setting": "clean", "variant": v, "seed": s, "final_AP": ap, "final_AP50": 2 * ap, "wall_s": 10.0,
              "iterations": 4, "history": [[2, ap / 2], [4, ap]]}
-            for v, aps in (("plain", (0.10, 0.12)), ("detgain-empirical", (0.12, 0.24))) for s, ap in enumerate(aps)]
+            for v, aps in (("plain", (0.10, 0.12)), ("detgain-empirical", (0.12, 0.24)), ("uniform", (0.11, 0.20)))
+            for s, ap in enumerate(aps)]
     rows = {r["variant"]: r for r in bench_curation.summarize(runs)}
     assert rows["plain"]["AP mean"] == pytest.approx(0.11) and rows["plain"]["AP sd"] == pytest.approx(0.0141421, rel=1e-4)
     assert rows["detgain-empirical"]["vs plain %"] == pytest.approx(100 * (0.18 / 0.11 - 1))
@@ -64,6 +66,14 @@ def test_summary_reports_mean_spread_and_gain_over_plain(bench_curation) -> None
     assert d["time to plain AP"] == pytest.approx(d["iters to plain AP"])
     assert d["AP at plain's time"] == pytest.approx(0.18)  # same step time as plain: the final AP
     assert rows["detgain-empirical"]["AP se"] == pytest.approx(rows["detgain-empirical"]["AP sd"] / 2 ** 0.5)
+    # paired by seed: differences 0.02 and 0.12 to plain, 0.01 and 0.04 to uniform (strong augmentation's)
+    assert (d["paired vs plain"], d["paired vs plain se"]) == pytest.approx((0.07, 0.05))
+    assert (d["paired vs uniform"], d["paired vs uniform se"]) == pytest.approx((0.025, 0.015))
+    assert math.isnan(rows["uniform"]["paired vs uniform"]) and rows["uniform"]["paired vs plain"] == pytest.approx(0.045)
+    weak = {**runs[2], "setting": "weak-teacher"}  # one seed, compared with the clean runs of seed 0
+    row = next(r for r in bench_curation.summarize([*runs, weak]) if r["setting"] == "weak-teacher")
+    assert row["paired vs plain"] == pytest.approx(0.02) and math.isnan(row["paired vs plain se"])
+    assert row["paired vs uniform"] == pytest.approx(0.01)
 
 
 def test_bench_curation_cost_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
