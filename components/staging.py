@@ -111,11 +111,11 @@ def scratch_output(out_dir: str | os.PathLike[str], *, root: str | os.PathLike[s
     tasks and other runs must not.
 
     When the block ends, the finished folder is copied into ``staging_dir(out_dir)`` and renamed onto
-    ``out_dir`` (the output appears whole or not at all); the paths into the scratch folder that its
-    ``step.json`` records are rewritten to name ``out_dir`` (``_relocate_record``), and the key's
-    folder is deleted, with the
-    parents it leaves empty below ``root``. On an exception the scratch folder stays for the next attempt
-    and ``out_dir`` is untouched; a task whose attempts all failed leaves its folder behind.
+    ``out_dir`` (the output appears whole or not at all), with the paths into the scratch folder that
+    its ``step.json`` records rewritten to name ``out_dir`` (``_relocate_record``); then the key's
+    folder is deleted, with the parents it leaves empty below ``root``. On an exception the scratch
+    folder stays for the next attempt and ``out_dir`` is untouched; a task whose attempts all failed
+    leaves its folder behind.
     """
     if not root:
         yield Path(out_dir)
