@@ -1,11 +1,17 @@
 """Active learning: val AP against boxes labelled, box-level vs image-level querying, 3 seeds.
 
-    python benchmarks/bench_active_learning.py                  # the CPU profile (resumable)
+    python benchmarks/bench_active_learning.py --profile fcos --out benchmarks/results/active_learning_fcos.json
+    python benchmarks/bench_active_learning.py                  # the first CPU profile, RetinaNet (resumable)
     python benchmarks/bench_active_learning.py --profile smoke  # seconds: the test's profile
     python benchmarks/bench_active_learning.py --report-only    # JSON, table and plot of what is finished
 
-Cells: (level, measure, seed) for level in box, image and measure in random, uncertainty (the main
-comparison of Desai & Balasubramanian, CVPRW 2020). Each cell is one ``run_active_learning`` run in
+Cells: (level, measure, seed) for the profile's (level, measure) pairs: box and image level with random and
+uncertainty (the main comparison of Desai & Balasubramanian, CVPRW 2020); the ``fcos`` profile adds the
+box's DetGain and the image-level core-set (box-level core-set needs Faster R-CNN's RoI features). The
+detgain measure's teacher is FCOS tiny trained once on its own synthetic data set (seed ``DATA_SEED + 1``):
+like a detector trained on other data, it has never seen the pool's labels. After a seed's cells, the
+full-supervision reference trains on the whole pool for as many iterations as a cell's rounds in all
+(``--no-reference`` skips it). Each cell is one ``run_active_learning`` run in
 ``WORK/<level>__<measure>__seed<S>``; the initial detector of a seed (round 0: the same random, fully
 labelled images and the same training) is trained once in ``WORK/initial__seed<S>`` and copied into
 every cell of that seed. A killed run resumes by cell and by round (the loop's own resume).
@@ -16,7 +22,15 @@ under a load of 10): RetinaNet with the nano backbone (the demo student's recipe
 at 128 px, 400 pool / 150 val synthetic images, 80 initial images trained for 300 iterations, then 3
 rounds of 100 boxes, each fine-tuned for 100 iterations from the previous round. Expected: about 60
 minutes of one core for the 12 cells. At this scale the detectors are far from converged: the curves
-compare the querying levels at equal cost, not the paper's absolute numbers.
+compare the querying levels at equal cost, not the paper's absolute numbers. That profile measured
+noise: its initial detectors reached val AP 0.004 and 94-98 % of the box queries were answered
+background.
+
+Scale of the ``fcos`` profile, fixed from the initial detector's learning curve only (FCOS nano, the
+demo student's recipe, 1,000-image pool, 300 val images, seed 0): 200 random images for 800 iterations
+gave val AP 0.0105, 400 images for 1,200 iterations 0.0203, the whole pool for 1,200 iterations 0.0381
+(138 s of one core). So: 300 initial images for 1,200 iterations, then 4 rounds of 300 boxes, each
+fine-tuned for 300 iterations, so that the last round holds about two thirds of the pool's boxes.
 
 Results: ``benchmarks/results/active_learning.json`` (``{"profile", "curves": [{"level", "measure",
 "seed", "points": [[boxes, AP], ...]}, ...]}``), ``active_learning.md`` (per round: mean boxes and mean
@@ -60,6 +74,15 @@ class Profile:
     batch_size: int
     pool_score_thresh: float = 0.05
     noisy_score_thresh: float = 0.3
+    detector: str = "retinanet"
+    lr: float = 0.004
+    #: (level, measure) cells compared.
+    cells: tuple[tuple[str, str], ...] = (("box", "random"), ("box", "uncertainty"), ("image", "random"),
+                                          ("image", "uncertainty"))
+    #: The detgain measure's teacher: FCOS tiny trained on a separate synthetic set of this many images (the
+    #: pool's labels never reach it, as with a detector trained on other data), for this many iterations.
+    teacher_images: int = 0
+    teacher_iters: int = 0
 
 
 PROFILES = {
@@ -67,9 +90,20 @@ PROFILES = {
                      round_iters=2, batch_size=4, pool_score_thresh=0.0, noisy_score_thresh=0.0),
     "cpu": Profile(train_images=400, val_images=150, size=128, initial_images=80, initial_iters=300, rounds=3,
                    budget=100, round_iters=100, batch_size=16),
+    "fcos": Profile(train_images=1000, val_images=300, size=128, initial_images=300, initial_iters=1200, rounds=4,
+                    budget=300, round_iters=300, batch_size=16, detector="fcos", lr=0.002,
+                    cells=(("box", "random"), ("box", "uncertainty"), ("box", "detgain"), ("image", "random"),
+                           ("image", "uncertainty"), ("image", "coreset")),
+                    teacher_images=3000, teacher_iters=2400),
+    "smoke-detgain": Profile(train_images=24, val_images=8, size=64, initial_images=6, initial_iters=3, rounds=1,
+                             budget=6, round_iters=2, batch_size=4, pool_score_thresh=0.0, noisy_score_thresh=0.0,
+                             detector="fcos", lr=0.002, cells=(("box", "detgain"), ("image", "coreset")),
+                             teacher_images=16, teacher_iters=2),
 }
 LEVELS = ("box", "image")
-MEASURES = ("random", "uncertainty")
+MEASURES = ("random", "uncertainty", "coreset", "detgain")
+#: Seeds tried in turn for the teacher: an FCOS run whose regression head dies is stopped by the trainer.
+TEACHER_SEEDS = (0, 1, 2)
 
 
 def make_data(work: Path, profile: Profile) -> Path:
@@ -82,13 +116,46 @@ def make_data(work: Path, profile: Profile) -> Path:
     return data
 
 
-def cell_config(data: Path, profile: Profile, *, level: str, measure: str, seed: int, rounds: int) -> Any:
+def train_teacher(work: Path, profile: Profile) -> Path:
+    """The detgain measure's teacher, trained once on its own synthetic data set (seed ``DATA_SEED + 1``)."""
+    from curation_core.engine.config import load_config
+    from curation_core.engine.trainer import DeadRegressionHeadError, train
+    from curation_core.synth import SynthConfig, generate_dataset
+
+    data, run = work / "teacher_data", work / "teacher"
+    if (run / "metrics.json").is_file():
+        return run / "checkpoint.pt"
+    if not (data / "synth.json").is_file():
+        generate_dataset(data, SynthConfig(train=profile.teacher_images, val=profile.val_images, size=profile.size,
+                                           seed=DATA_SEED + 1))
+    for seed in TEACHER_SEEDS:
+        overrides = [f"data.train_annotations={data / 'train' / 'annotations.json'}",
+                     f"data.train_images={data / 'train' / 'images'}",
+                     f"data.val_annotations={data / 'val' / 'annotations.json'}", f"data.val_images={data / 'val' / 'images'}",
+                     f"train.output_dir={run}", f"train.seed={seed}", f"train.batch_size={profile.batch_size}",
+                     f"model.min_size={profile.size}", f"model.max_size={profile.size}",
+                     f"schedule.max_iter={profile.teacher_iters}", f"schedule.warmup_iters={min(50, profile.teacher_iters)}",
+                     f"train.eval_every={profile.teacher_iters}", "train.checkpoint_every=200", "train.num_threads=1",
+                     "train.device=cpu"]
+        try:
+            result = train(load_config(ROOT / "configs" / "demo_teacher.yaml", overrides), resume=True)
+        except DeadRegressionHeadError as error:
+            print(f"teacher seed {seed}: {error}; trying the next seed", flush=True)
+            shutil.rmtree(run)
+            continue
+        print(f"teacher: val AP {result.history[-1]['AP']:.4f} on its own data set (seed {seed})", flush=True)
+        return run / "checkpoint.pt"
+    raise RuntimeError(f"teacher: training failed with seeds {TEACHER_SEEDS}")
+
+
+def cell_config(data: Path, profile: Profile, *, level: str, measure: str, seed: int, rounds: int,
+                teacher: Path | None = None) -> Any:
     from curation_core.active.config import active_learning_config_from_dict
 
     raw = {
         "base": {"config": str(ROOT / "configs" / "demo_student.yaml"), "overrides": {
-            "model.detector": "retinanet", "model.min_size": profile.size, "model.max_size": profile.size,
-            "optim.lr": 0.004, "schedule.warmup_iters": min(20, profile.round_iters),
+            "model.detector": profile.detector, "model.min_size": profile.size, "model.max_size": profile.size,
+            "optim.lr": profile.lr, "schedule.warmup_iters": min(20, profile.round_iters),
             "train.batch_size": profile.batch_size, "train.checkpoint_every": 50, "train.num_threads": 1,
             "train.device": "cpu", "train.eval_batch_size": 32}},
         "train_annotations": str(data / "train" / "annotations.json"), "train_images": str(data / "train" / "images"),
@@ -97,6 +164,7 @@ def cell_config(data: Path, profile: Profile, *, level: str, measure: str, seed:
         "rounds": rounds, "budget": profile.budget, "initial_iters": profile.initial_iters,
         "round_iters": profile.round_iters, "pool_score_thresh": profile.pool_score_thresh,
         "noisy_score_thresh": profile.noisy_score_thresh,
+        "teacher": str(teacher) if measure == "detgain" else None,
     }
     return active_learning_config_from_dict(raw, source=f"bench cell {level}/{measure}/seed{seed}")
 
@@ -111,10 +179,40 @@ def run_cell(work: Path, data: Path, profile: Profile, level: str, measure: str,
         shutil.copytree(initial / "round_0", cell / "round_0.tmp", dirs_exist_ok=True)
         (cell / "round_0.tmp").rename(cell / "round_0")
     start = time.time()
-    run_active_learning(cell_config(data, profile, level=level, measure=measure, seed=seed, rounds=profile.rounds),
-                        cell, on_round=lambda r: print(f"{level}/{measure}/seed{seed} round {r['round']}: "
+    teacher = train_teacher(work, profile) if measure == "detgain" else None
+    run_active_learning(cell_config(data, profile, level=level, measure=measure, seed=seed, rounds=profile.rounds,
+                                    teacher=teacher), cell, on_round=lambda r: print(f"{level}/{measure}/seed{seed} round {r['round']}: "
                                                        f"{r['boxes']} boxes, AP {r['AP']:.4f} "
                                                        f"({time.time() - start:.0f} s)", flush=True))
+
+
+def run_reference(work: Path, data: Path, profile: Profile, seed: int) -> None:
+    """Full supervision: the whole pool labelled, trained for as many iterations as a cell's rounds in all."""
+    from dataclasses import replace
+
+    from curation_core.active.loop import run_active_learning
+
+    full = replace(profile, initial_images=profile.train_images,
+                   initial_iters=profile.initial_iters + profile.rounds * profile.round_iters)
+    run_active_learning(cell_config(data, full, level="box", measure="random", seed=seed, rounds=0),
+                        work / f"full__seed{seed}")
+
+
+def collect_reference(work: Path, seeds: list[int]) -> list[dict[str, Any]]:
+    from curation_core.coco import read_json
+
+    rows = []
+    for seed in seeds:
+        path = work / f"full__seed{seed}" / "state.json"
+        if path.is_file():
+            first = read_json(path)["rounds"][0]
+            rows.append({"seed": seed, "boxes": first["boxes"], "AP": first["AP"], "AP50": first["AP50"]})
+    return rows
+
+
+def teacher_ap(work: Path) -> float | None:
+    path = work / "teacher" / "metrics.json"
+    return float(json.loads(path.read_text())["final"]["AP"]) if path.is_file() else None
 
 
 def collect(work: Path, seeds: list[int]) -> list[dict[str, Any]]:
@@ -153,17 +251,21 @@ def summary_rows(curves: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_outputs(out: Path, profile_name: str, curves: list[dict[str, Any]], wall_s: float) -> None:
+def write_outputs(out: Path, profile_name: str, curves: list[dict[str, Any]], wall_s: float, *,
+                  reference: list[dict[str, Any]] = (), teacher: float | None = None) -> None:
     from curation_core.io import write_bytes_atomic, write_json_atomic
 
     rows = summary_rows(curves)
+    profile = PROFILES[profile_name]
     write_json_atomic(out, {"benchmark": "active_learning", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                             "machine": machine_info(), "profile": profile_name,
-                            "scale": asdict(PROFILES[profile_name]), "wall_s": round(wall_s, 1),
+                            "scale": asdict(profile), "wall_s": round(wall_s, 1),
+                            "teacher_AP": teacher, "full_supervision": list(reference),
                             "curves": curves, "summary": rows}, indent=1)
+    names = {"retinanet": "RetinaNet", "fcos": "FCOS", "faster_rcnn": "Faster R-CNN"}
     lines = [f"# Active learning: val AP against boxes labelled (profile `{profile_name}`)", "",
-             "RetinaNet (nano backbone) on the synthetic shapes; mean and sample std of AP over the seeds "
-             "finished; `boxes` is the mean annotation cost (ground-truth boxes of fully labelled images, one "
+             f"{names.get(profile.detector, profile.detector)} (nano backbone) on the synthetic shapes; mean and "
+             "sample std of AP over the seeds finished; `boxes` is the mean annotation cost (ground-truth boxes of fully labelled images, one "
              "per box query); `objects` / `background`: the round's answers that added a labelled object / were "
              "background (image level: the boxes of the images taken); `images`: labelled images after the round.",
              "", "| level | measure | round | seeds | boxes | objects | background | images | AP mean | AP std | "
@@ -172,6 +274,15 @@ def write_outputs(out: Path, profile_name: str, curves: list[dict[str, Any]], wa
     lines += [f"| {r['level']} | {r['measure']} | {r['round']} | {r['seeds']} | {r['boxes']:.0f} | {r['objects']:.1f} | "
               f"{r['background']:.1f} | {r['images']:.1f} | {r['AP_mean']:.4f} | {r['AP_std']:.4f} | "
               f"{r['AP_min']:.4f} | {r['AP_max']:.4f} |" for r in rows]
+    if reference:
+        aps = np.asarray([r["AP"] for r in reference])
+        lines += ["", f"Full supervision (the whole pool, {reference[0]['boxes']} boxes, "
+                      f"{profile.initial_iters + profile.rounds * profile.round_iters} iterations): AP {aps.mean():.4f}"
+                      + (f" +- {aps.std(ddof=1):.4f}" if len(aps) > 1 else "") + f" over {len(aps)} seeds."]
+    if teacher is not None:
+        lines += ["", f"Teacher of the detgain measure: FCOS tiny trained on {profile.teacher_images} images of "
+                      f"another synthetic data set, {profile.teacher_iters} iterations, val AP {teacher:.4f} on its "
+                      "own data set."]
     lines += ["", f"![curves]({out.with_suffix('.png').name})", ""]
     write_bytes_atomic(out.with_suffix(".md"), "\n".join(lines).encode())
     write_bytes_atomic(out.with_suffix(".png"), _figure(rows))
@@ -213,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "active_learning.json")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--no-reference", dest="reference", action="store_false",
+                        help="skip the full-supervision reference of each seed")
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
     work = args.work or ROOT / "benchmarks" / "work" / f"active_learning_{args.profile}"
@@ -221,15 +334,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         data = make_data(work, profile)
         for seed in seeds:  # seed by seed: a partial run already holds whole comparisons
-            for level in LEVELS:
-                for measure in MEASURES:
-                    run_cell(work, data, profile, level, measure, seed)
-                    write_outputs(args.out, args.profile, collect(work, seeds), time.time() - start)
+            for level, measure in profile.cells:
+                run_cell(work, data, profile, level, measure, seed)
+                write_outputs(args.out, args.profile, collect(work, seeds), time.time() - start,
+                              reference=collect_reference(work, seeds), teacher=teacher_ap(work))
+            if args.reference:
+                run_reference(work, data, profile, seed)
     curves = collect(work, seeds)
     wall = time.time() - start
     if args.report_only and args.out.is_file():  # keep the wall time of the run that measured the curves
         wall = float(json.loads(args.out.read_text()).get("wall_s", wall))
-    write_outputs(args.out, args.profile, curves, wall)
+    write_outputs(args.out, args.profile, curves, wall, reference=collect_reference(work, seeds),
+                  teacher=teacher_ap(work))
     print_rows(f"active learning ({args.profile})", summary_rows(curves))
     return 0
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -42,7 +43,27 @@ def test_smoke_profile_writes_the_curves_table_and_plot_and_resumes(tmp_path: Pa
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
     table = out.with_suffix(".md").read_text()
     assert "| box | uncertainty | 1 | 1 |" in table and "| objects | background |" in table
+    # the full-supervision reference: every pool image labelled, as many iterations as a cell in all
+    (full,) = result["full_supervision"]
+    pool = json.loads((tmp_path / "work" / "data" / "train" / "annotations.json").read_text())
+    assert full["seed"] == 0 and full["boxes"] == len(pool["annotations"]) and 0.0 <= full["AP"] <= 1.0
+    assert "Full supervision (the whole pool" in table and result["teacher_AP"] is None
     stamp = (tmp_path / "work" / "box__random__seed0" / "state.json").stat().st_mtime_ns
     bench.main(args)  # finished cells are not run again
     assert (tmp_path / "work" / "box__random__seed0" / "state.json").stat().st_mtime_ns == stamp
     assert json.loads(out.read_text())["curves"] == result["curves"]
+
+
+@pytest.mark.slow
+def test_detgain_and_coreset_cells_train_a_teacher_on_other_data(tmp_path: Path, bench) -> None:  # noqa: ANN001
+    out = tmp_path / "active_learning.json"
+    bench.main(["--profile", "smoke-detgain", "--work", str(tmp_path / "work"), "--out", str(out), "--seeds", "0",
+                "--no-reference"])
+    result = json.loads(out.read_text())
+    assert {(c["level"], c["measure"]) for c in result["curves"]} == {("box", "detgain"), ("image", "coreset")}
+    assert result["full_supervision"] == [] and 0.0 <= result["teacher_AP"] <= 1.0
+    # the teacher learns from its own data set, never from the pool's labels
+    teacher = yaml.safe_load((tmp_path / "work" / "teacher" / "config.yaml").read_text())
+    assert "teacher_data" in teacher["data"]["train_annotations"]
+    cell = json.loads((tmp_path / "work" / "box__detgain__seed0" / "state.json").read_text())
+    assert len(cell["rounds"]) == 2 and cell["rounds"][1]["queried"] == bench.PROFILES["smoke-detgain"].budget

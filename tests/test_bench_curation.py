@@ -129,3 +129,15 @@ def test_bench_engine_parity_quick_runs_both_loops_and_resumes(tmp_path: Path, m
     before = out.read_text()
     bench_engine_parity.main(["--quick", "--data", str(data), "--out", str(out)])  # finished runs are not redone
     assert json.loads(out.read_text())["rows"] == json.loads(before)["rows"]
+
+
+def test_cost_control_and_early_variants_reach_the_training_config(tmp_path: Path, bench_curation) -> None:  # noqa: ANN001
+    bench = bench_curation.Bench(bench_curation.PROFILES["cpu"], work=tmp_path, out=tmp_path / "c.json", seeds=[0],
+                                 jobs=1)
+    bench.data = lambda: tmp_path / "data"  # neither data nor teachers are made
+    bench.teacher = lambda iterations, noisy=False: tmp_path / f"teacher_{iterations}" / "model.pt"
+    cache = bench.run_overrides("clean", "detgain-uniform-cache-std", 0, tmp_path / "run")
+    assert "curation.teacher_cache=True" in cache and "curation.estimator=uniform" in cache
+    assert "augment.preset=standard" in cache and not any(o.startswith("curation.stop_iter") for o in cache)
+    early = bench.run_overrides("clean", "detgain-empirical-early-std", 0, tmp_path / "run")
+    assert "curation.stop_iter=600" in early and not any("stop_fraction" in o for o in early)
