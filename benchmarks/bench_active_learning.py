@@ -317,6 +317,18 @@ def _figure(rows: list[dict[str, Any]]) -> bytes:
     return buffer.getvalue()
 
 
+def run_seed(work: Path, data: Path, profile_name: str, seed: int, seeds: list[int], out: Path, reference: bool,
+             start: float) -> None:
+    """The cells of one seed in turn (a partial run already holds whole comparisons), then its reference."""
+    profile = PROFILES[profile_name]
+    for level, measure in profile.cells:
+        run_cell(work, data, profile, level, measure, seed)
+        write_outputs(out, profile_name, collect(work, seeds), time.time() - start,
+                      reference=collect_reference(work, seeds), teacher=teacher_ap(work))
+    if reference:
+        run_reference(work, data, profile, seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=list(PROFILES), default="cpu")
@@ -324,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "active_learning.json")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run side by side, one process each")
     parser.add_argument("--no-reference", dest="reference", action="store_false",
                         help="skip the full-supervision reference of each seed")
     args = parser.parse_args(argv)
@@ -333,13 +346,19 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     if not args.report_only:
         data = make_data(work, profile)
-        for seed in seeds:  # seed by seed: a partial run already holds whole comparisons
-            for level, measure in profile.cells:
-                run_cell(work, data, profile, level, measure, seed)
-                write_outputs(args.out, args.profile, collect(work, seeds), time.time() - start,
-                              reference=collect_reference(work, seeds), teacher=teacher_ap(work))
-            if args.reference:
-                run_reference(work, data, profile, seed)
+        if any(measure == "detgain" for _, measure in profile.cells):
+            train_teacher(work, profile)  # once, before the seeds that share it
+        jobs = [(work, data, args.profile, seed, seeds, args.out, args.reference, start) for seed in seeds]
+        if args.jobs == 1:
+            for job in jobs:
+                run_seed(*job)
+        else:  # one process per seed at a time; each writes the outputs of every seed finished so far
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for future in [pool.submit(run_seed, *job) for job in jobs]:
+                    future.result()
     curves = collect(work, seeds)
     wall = time.time() - start
     if args.report_only and args.out.is_file():  # keep the wall time of the run that measured the curves

@@ -57,10 +57,12 @@ def test_smoke_profile_writes_the_curves_table_and_plot_and_resumes(tmp_path: Pa
 @pytest.mark.slow
 def test_detgain_and_coreset_cells_train_a_teacher_on_other_data(tmp_path: Path, bench) -> None:  # noqa: ANN001
     out = tmp_path / "active_learning.json"
-    bench.main(["--profile", "smoke-detgain", "--work", str(tmp_path / "work"), "--out", str(out), "--seeds", "0",
-                "--no-reference"])
+    bench.main(["--profile", "smoke-detgain", "--work", str(tmp_path / "work"), "--out", str(out), "--seeds", "0,1",
+                "--no-reference", "--jobs", "2"])
     result = json.loads(out.read_text())
-    assert {(c["level"], c["measure"]) for c in result["curves"]} == {("box", "detgain"), ("image", "coreset")}
+    # two seeds side by side, in two processes, share the one teacher; the outputs hold both seeds
+    assert {(c["level"], c["measure"], c["seed"]) for c in result["curves"]} == {
+        (level, measure, seed) for level, measure in (("box", "detgain"), ("image", "coreset")) for seed in (0, 1)}
     assert result["full_supervision"] == [] and 0.0 <= result["teacher_AP"] <= 1.0
     # the teacher learns from its own data set, never from the pool's labels
     teacher = yaml.safe_load((tmp_path / "work" / "teacher" / "config.yaml").read_text())
