@@ -44,6 +44,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -252,7 +253,7 @@ def summary_rows(curves: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_outputs(out: Path, profile_name: str, curves: list[dict[str, Any]], wall_s: float, *,
-                  reference: list[dict[str, Any]] = (), teacher: float | None = None) -> None:
+                  reference: Sequence[dict[str, Any]] = (), teacher: float | None = None) -> None:
     from curation_core.io import write_bytes_atomic, write_json_atomic
 
     rows = summary_rows(curves)
