@@ -1,20 +1,29 @@
 """Active learning: val AP against boxes labelled, box-level vs image-level querying, 3 seeds.
 
     python benchmarks/bench_active_learning.py --profile fcos --out benchmarks/results/active_learning_fcos.json
+    python benchmarks/bench_active_learning.py --profile fcos-ignore --out benchmarks/results/active_learning_fcos_ignore.json
     python benchmarks/bench_active_learning.py                  # the first CPU profile, RetinaNet (resumable)
-    python benchmarks/bench_active_learning.py --profile smoke  # seconds: the test's profile
+    python benchmarks/bench_active_learning.py --profile smoke  # seconds: the test's profile (also smoke-ignore)
     python benchmarks/bench_active_learning.py --report-only    # JSON, table and plot of what is finished
 
-Cells: (level, measure, seed) for the profile's (level, measure) pairs: box and image level with random and
-uncertainty (the main comparison of Desai & Balasubramanian, CVPRW 2020); the ``fcos`` profile adds the
-box's DetGain and the image-level core-set (box-level core-set needs Faster R-CNN's RoI features). The
-detgain measure's teacher is FCOS tiny trained once on its own synthetic data set (seed ``DATA_SEED + 1``):
-like a detector trained on other data, it has never seen the pool's labels. After a seed's cells, the
-full-supervision reference trains on the whole pool for as many iterations as a cell's rounds in all
-(``--no-reference`` skips it). Each cell is one ``run_active_learning`` run in
-``WORK/<level>__<measure>__seed<S>``; the initial detector of a seed (round 0: the same random, fully
+Cells: (level, measure, seed) for the profile's ``Cell``s (level, measure, partial_background): box and
+image level with random and uncertainty (the main comparison of Desai & Balasubramanian, CVPRW 2020);
+the ``fcos`` profile adds the box's DetGain and the image-level core-set (box-level core-set needs
+Faster R-CNN's RoI features). The detgain measure's teacher is FCOS tiny trained once on its own
+synthetic data set (seed ``DATA_SEED + 1``): like a detector trained on other data, it has never seen
+the pool's labels. After a seed's cells, the full-supervision reference trains on the whole pool for as
+many iterations as a cell's rounds in all (``--no-reference`` skips it). Each cell is one
+``run_active_learning`` run in ``WORK/<level>__<measure>__seed<S>`` (``WORK/<level>__<measure>__ignore__seed<S>``
+with ``partial_background: ignore``); the initial detector of a seed (round 0: the same random, fully
 labelled images and the same training) is trained once in ``WORK/initial__seed<S>`` and copied into
 every cell of that seed. A killed run resumes by cell and by round (the loop's own resume).
+
+``partial_background`` is the loop's option of that name: ``loss`` (the paper's, and every cell's unless
+said otherwise) trains the unlabelled objects of an image joined through box queries as background;
+``ignore`` gives that image's negatives no classification loss. The ``fcos-ignore`` profile, the
+``fcos`` profile's scale exactly, runs box/detgain with each and box/random with ``ignore``: whether the
+missing labels are what hurts box-level querying, compared within one run, its box/detgain (loss) rows
+a check of the stored ``fcos`` results. ``smoke-ignore`` is its test-sized twin.
 
 Scale of the ``cpu`` profile, fixed before any result was seen, from one timed run of the loop on the
 shared 2-core machine (60 iterations of 16 images plus a 150-image evaluation in about 85 s there,
@@ -33,7 +42,7 @@ gave val AP 0.0105, 400 images for 1,200 iterations 0.0203, the whole pool for 1
 fine-tuned for 300 iterations, so that the last round holds about two thirds of the pool's boxes.
 
 Results: ``benchmarks/results/active_learning.json`` (``{"profile", "curves": [{"level", "measure",
-"seed", "points": [[boxes, AP], ...]}, ...]}``), ``active_learning.md`` (per round: mean boxes and mean
+"partial_background", "seed", "points": [[boxes, AP], ...]}, ...]}``), ``active_learning.md`` (per round: mean boxes and mean
 and spread of AP over seeds) and ``active_learning.png`` (AP against boxes, mean and min-max band).
 """
 
@@ -45,7 +54,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +67,27 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 #: Seed of the benchmark's synthetic data set.
 DATA_SEED = 2028
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One compared setting: the query level, the measure and the loop's ``partial_background``."""
+
+    level: str
+    measure: str
+    partial_background: str = "loss"
+
+    @property
+    def name(self) -> str:
+        """Folder prefix: ``<level>__<measure>``, plus ``__ignore`` when the partial images' background is."""
+        suffix = "" if self.partial_background == "loss" else f"__{self.partial_background}"
+        return f"{self.level}__{self.measure}{suffix}"
+
+    @property
+    def label(self) -> str:
+        """Legend label: ``level / measure``, plus the partial images' background when it is not trained."""
+        suffix = "" if self.partial_background == "loss" else f" (background {self.partial_background})"
+        return f"{self.level} / {self.measure}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -77,13 +107,15 @@ class Profile:
     noisy_score_thresh: float = 0.3
     detector: str = "retinanet"
     lr: float = 0.004
-    #: (level, measure) cells compared.
-    cells: tuple[tuple[str, str], ...] = (("box", "random"), ("box", "uncertainty"), ("image", "random"),
-                                          ("image", "uncertainty"))
+    #: Cells compared.
+    cells: tuple[Cell, ...] = (Cell("box", "random"), Cell("box", "uncertainty"), Cell("image", "random"),
+                               Cell("image", "uncertainty"))
     #: The detgain measure's teacher: FCOS tiny trained on a separate synthetic set of this many images (the
     #: pool's labels never reach it, as with a detector trained on other data), for this many iterations.
     teacher_images: int = 0
     teacher_iters: int = 0
+    #: The annotator's IoU to snap a queried box to its object (the loop's default).
+    match_iou: float = 0.5
 
 
 PROFILES = {
@@ -93,16 +125,29 @@ PROFILES = {
                    budget=100, round_iters=100, batch_size=16),
     "fcos": Profile(train_images=1000, val_images=300, size=128, initial_images=300, initial_iters=1200, rounds=4,
                     budget=300, round_iters=300, batch_size=16, detector="fcos", lr=0.002,
-                    cells=(("box", "random"), ("box", "uncertainty"), ("box", "detgain"), ("image", "random"),
-                           ("image", "uncertainty"), ("image", "coreset")),
+                    cells=(Cell("box", "random"), Cell("box", "uncertainty"), Cell("box", "detgain"),
+                           Cell("image", "random"), Cell("image", "uncertainty"), Cell("image", "coreset")),
                     teacher_images=3000, teacher_iters=2400),
     "smoke-detgain": Profile(train_images=24, val_images=8, size=64, initial_images=6, initial_iters=3, rounds=1,
                              budget=6, round_iters=2, batch_size=4, pool_score_thresh=0.0, noisy_score_thresh=0.0,
-                             detector="fcos", lr=0.002, cells=(("box", "detgain"), ("image", "coreset")),
+                             detector="fcos", lr=0.002, cells=(Cell("box", "detgain"), Cell("image", "coreset")),
                              teacher_images=16, teacher_iters=2),
 }
+#: Whether missing labels hurt box-level querying: box/detgain with the partial images' background trained
+#: and ignored, and box/random with it ignored, at the ``fcos`` scale exactly (its box/detgain rows are a
+#: check of the stored ``fcos`` results); ``smoke-ignore`` is its test-sized twin.
+IGNORE_CELLS = (Cell("box", "detgain"), Cell("box", "detgain", "ignore"), Cell("box", "random", "ignore"))
+PROFILES["fcos-ignore"] = replace(PROFILES["fcos"], cells=IGNORE_CELLS)
+#: (In the smoke twin the barely trained detector's boxes rarely reach IoU 0.5 with an object; RetinaNet's
+#: anchor-shaped boxes at IoU 0.05 do, so images join through box queries and are flagged.)
+PROFILES["smoke-ignore"] = replace(PROFILES["smoke-detgain"], cells=IGNORE_CELLS, detector="retinanet", lr=0.004,
+                                   match_iou=0.05)
 LEVELS = ("box", "image")
 MEASURES = ("random", "uncertainty", "coreset", "detgain")
+PARTIAL_BACKGROUNDS = ("loss", "ignore")
+#: Every cell a work folder can hold, in report order.
+ALL_CELLS = tuple(Cell(level, measure, partial) for level in LEVELS for measure in MEASURES
+                  for partial in PARTIAL_BACKGROUNDS)
 #: Seeds tried in turn for the teacher: an FCOS run whose regression head dies is stopped by the trainer.
 TEACHER_SEEDS = (0, 1, 2)
 
@@ -150,7 +195,7 @@ def train_teacher(work: Path, profile: Profile) -> Path:
 
 
 def cell_config(data: Path, profile: Profile, *, level: str, measure: str, seed: int, rounds: int,
-                teacher: Path | None = None) -> Any:
+                teacher: Path | None = None, partial_background: str = "loss") -> Any:
     from curation_core.active.config import active_learning_config_from_dict
 
     raw = {
@@ -164,33 +209,32 @@ def cell_config(data: Path, profile: Profile, *, level: str, measure: str, seed:
         "level": level, "measure": measure, "seed": seed, "initial_images": profile.initial_images,
         "rounds": rounds, "budget": profile.budget, "initial_iters": profile.initial_iters,
         "round_iters": profile.round_iters, "pool_score_thresh": profile.pool_score_thresh,
-        "noisy_score_thresh": profile.noisy_score_thresh,
-        "teacher": str(teacher) if measure == "detgain" else None,
+        "noisy_score_thresh": profile.noisy_score_thresh, "match_iou": profile.match_iou,
+        "teacher": str(teacher) if measure == "detgain" else None, "partial_background": partial_background,
     }
-    return active_learning_config_from_dict(raw, source=f"bench cell {level}/{measure}/seed{seed}")
+    return active_learning_config_from_dict(raw, source=f"bench cell {level}/{measure}/{partial_background}/seed{seed}")
 
 
-def run_cell(work: Path, data: Path, profile: Profile, level: str, measure: str, seed: int) -> None:
+def run_cell(work: Path, data: Path, profile: Profile, cell: Cell, seed: int) -> None:
     from curation_core.active.loop import run_active_learning
 
     initial = work / f"initial__seed{seed}"
     run_active_learning(cell_config(data, profile, level="box", measure="random", seed=seed, rounds=0), initial)
-    cell = work / f"{level}__{measure}__seed{seed}"
-    if not (cell / "round_0").is_dir():
-        shutil.copytree(initial / "round_0", cell / "round_0.tmp", dirs_exist_ok=True)
-        (cell / "round_0.tmp").rename(cell / "round_0")
+    folder = work / f"{cell.name}__seed{seed}"
+    if not (folder / "round_0").is_dir():
+        shutil.copytree(initial / "round_0", folder / "round_0.tmp", dirs_exist_ok=True)
+        (folder / "round_0.tmp").rename(folder / "round_0")
     start = time.time()
-    teacher = train_teacher(work, profile) if measure == "detgain" else None
-    run_active_learning(cell_config(data, profile, level=level, measure=measure, seed=seed, rounds=profile.rounds,
-                                    teacher=teacher), cell, on_round=lambda r: print(f"{level}/{measure}/seed{seed} round {r['round']}: "
-                                                       f"{r['boxes']} boxes, AP {r['AP']:.4f} "
-                                                       f"({time.time() - start:.0f} s)", flush=True))
+    teacher = train_teacher(work, profile) if cell.measure == "detgain" else None
+    config = cell_config(data, profile, level=cell.level, measure=cell.measure, seed=seed, rounds=profile.rounds,
+                         teacher=teacher, partial_background=cell.partial_background)
+    run_active_learning(config, folder, on_round=lambda r: print(f"{cell.label}, seed {seed}, round {r['round']}: "
+                                                                 f"{r['boxes']} boxes, AP {r['AP']:.4f} "
+                                                                 f"({time.time() - start:.0f} s)", flush=True))
 
 
 def run_reference(work: Path, data: Path, profile: Profile, seed: int) -> None:
     """Full supervision: the whole pool labelled, trained for as many iterations as a cell's rounds in all."""
-    from dataclasses import replace
-
     from curation_core.active.loop import run_active_learning
 
     full = replace(profile, initial_images=profile.train_images,
@@ -220,35 +264,40 @@ def collect(work: Path, seeds: list[int]) -> list[dict[str, Any]]:
     from curation_core.coco import read_json
 
     curves = []
-    for level in LEVELS:
-        for measure in MEASURES:
-            for seed in seeds:
-                path = work / f"{level}__{measure}__seed{seed}" / "state.json"
-                if path.is_file():
-                    rounds = read_json(path)["rounds"]
-                    curves.append({"level": level, "measure": measure, "seed": seed,
-                                   "points": [[r["boxes"], r["AP"]] for r in rounds],
-                                   "rounds": [{k: r[k] for k in ("round", "boxes", "AP", "AP50", "images", "queried",
-                                                                 "objects", "background", "duplicates", "pool")}
-                                              for r in rounds]})
+    for cell in ALL_CELLS:
+        for seed in seeds:
+            path = work / f"{cell.name}__seed{seed}" / "state.json"
+            if path.is_file():
+                rounds = read_json(path)["rounds"]
+                curves.append({"level": cell.level, "measure": cell.measure,
+                               "partial_background": cell.partial_background, "seed": seed,
+                               "points": [[r["boxes"], r["AP"]] for r in rounds],
+                               "rounds": [{k: r[k] for k in ("round", "boxes", "AP", "AP50", "images", "queried",
+                                                             "objects", "background", "duplicates", "pool")}
+                                          for r in rounds]})
     return curves
+
+
+def curve_cell(curve: dict[str, Any]) -> Cell:
+    """The cell of a curve record (records written before ``partial_background`` existed are ``loss``)."""
+    return Cell(curve["level"], curve["measure"], curve.get("partial_background", "loss"))
 
 
 def summary_rows(curves: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    for level in LEVELS:
-        for measure in MEASURES:
-            mine = [c for c in curves if c["level"] == level and c["measure"] == measure]
-            for r in range(max((len(c["points"]) for c in mine), default=0)):
-                pts = np.asarray([c["points"][r] for c in mine if len(c["points"]) > r], dtype=np.float64)
-                done = [c["rounds"][r] for c in mine if len(c["rounds"]) > r]
-                rows.append({"level": level, "measure": measure, "round": r, "seeds": len(pts),
-                             "boxes": float(pts[:, 0].mean()), "images": float(np.mean([d["images"] for d in done])),
-                             "objects": float(np.mean([d["objects"] for d in done])),
-                             "background": float(np.mean([d["background"] for d in done])),
-                             "AP_mean": float(pts[:, 1].mean()),
-                             "AP_std": float(pts[:, 1].std(ddof=1)) if len(pts) > 1 else float("nan"),
-                             "AP_min": float(pts[:, 1].min()), "AP_max": float(pts[:, 1].max())})
+    for cell in ALL_CELLS:
+        mine = [c for c in curves if curve_cell(c) == cell]
+        for r in range(max((len(c["points"]) for c in mine), default=0)):
+            pts = np.asarray([c["points"][r] for c in mine if len(c["points"]) > r], dtype=np.float64)
+            done = [c["rounds"][r] for c in mine if len(c["rounds"]) > r]
+            rows.append({"level": cell.level, "measure": cell.measure, "partial_background": cell.partial_background,
+                         "round": r, "seeds": len(pts),
+                         "boxes": float(pts[:, 0].mean()), "images": float(np.mean([d["images"] for d in done])),
+                         "objects": float(np.mean([d["objects"] for d in done])),
+                         "background": float(np.mean([d["background"] for d in done])),
+                         "AP_mean": float(pts[:, 1].mean()),
+                         "AP_std": float(pts[:, 1].std(ddof=1)) if len(pts) > 1 else float("nan"),
+                         "AP_min": float(pts[:, 1].min()), "AP_max": float(pts[:, 1].max())})
     return rows
 
 
@@ -268,13 +317,15 @@ def write_outputs(out: Path, profile_name: str, curves: list[dict[str, Any]], wa
              f"{names.get(profile.detector, profile.detector)} (nano backbone) on the synthetic shapes; mean and "
              "sample std of AP over the seeds finished; `boxes` is the mean annotation cost (ground-truth boxes of fully labelled images, one "
              "per box query); `objects` / `background`: the round's answers that added a labelled object / were "
-             "background (image level: the boxes of the images taken); `images`: labelled images after the round.",
-             "", "| level | measure | round | seeds | boxes | objects | background | images | AP mean | AP std | "
-                 "AP min | AP max |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['level']} | {r['measure']} | {r['round']} | {r['seeds']} | {r['boxes']:.0f} | {r['objects']:.1f} | "
-              f"{r['background']:.1f} | {r['images']:.1f} | {r['AP_mean']:.4f} | {r['AP_std']:.4f} | "
-              f"{r['AP_min']:.4f} | {r['AP_max']:.4f} |" for r in rows]
+             "background (image level: the boxes of the images taken); `images`: labelled images after the round; "
+             "`partial bg`: the background of images joined through box queries, trained as negative (`loss`, the "
+             "paper's) or taking no loss (`ignore`).",
+             "", "| level | measure | partial bg | round | seeds | boxes | objects | background | images | AP mean | "
+                 "AP std | AP min | AP max |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['level']} | {r['measure']} | {r['partial_background']} | {r['round']} | {r['seeds']} | "
+              f"{r['boxes']:.0f} | {r['objects']:.1f} | {r['background']:.1f} | {r['images']:.1f} | "
+              f"{r['AP_mean']:.4f} | {r['AP_std']:.4f} | {r['AP_min']:.4f} | {r['AP_max']:.4f} |" for r in rows]
     if reference:
         aps = np.asarray([r["AP"] for r in reference])
         lines += ["", f"Full supervision (the whole pool, {reference[0]['boxes']} boxes, "
@@ -298,16 +349,17 @@ def _figure(rows: list[dict[str, Any]]) -> bytes:
     from matplotlib import pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6.0, 4.0))
-    for level in LEVELS:
-        for measure in MEASURES:
-            mine = [r for r in rows if r["level"] == level and r["measure"] == measure]
-            if not mine:
-                continue
-            x = [r["boxes"] for r in mine]
-            line = axis.plot(x, [r["AP_mean"] for r in mine], marker="o", linestyle="-" if level == "box" else "--",
-                             label=f"{level} / {measure}")[0]
-            axis.fill_between(x, [r["AP_min"] for r in mine], [r["AP_max"] for r in mine], alpha=0.15,
-                              color=line.get_color())
+    styles = {("box", "loss"): "-", ("box", "ignore"): ":", ("image", "loss"): "--"}
+    for cell in ALL_CELLS:
+        mine = [r for r in rows if (r["level"], r["measure"], r["partial_background"]) == (
+            cell.level, cell.measure, cell.partial_background)]
+        if not mine:
+            continue
+        x = [r["boxes"] for r in mine]
+        line = axis.plot(x, [r["AP_mean"] for r in mine], marker="o",
+                         linestyle=styles[cell.level, cell.partial_background], label=cell.label)[0]
+        axis.fill_between(x, [r["AP_min"] for r in mine], [r["AP_max"] for r in mine], alpha=0.15,
+                          color=line.get_color())
     axis.set_xlabel("boxes labelled")
     axis.set_ylabel("val AP@[.50:.95]")
     axis.legend()
@@ -322,8 +374,8 @@ def run_seed(work: Path, data: Path, profile_name: str, seed: int, seeds: list[i
              start: float) -> None:
     """The cells of one seed in turn (a partial run already holds whole comparisons), then its reference."""
     profile = PROFILES[profile_name]
-    for level, measure in profile.cells:
-        run_cell(work, data, profile, level, measure, seed)
+    for cell in profile.cells:
+        run_cell(work, data, profile, cell, seed)
         write_outputs(out, profile_name, collect(work, seeds), time.time() - start,
                       reference=collect_reference(work, seeds), teacher=teacher_ap(work))
     if reference:
@@ -347,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     if not args.report_only:
         data = make_data(work, profile)
-        if any(measure == "detgain" for _, measure in profile.cells):
+        if any(cell.measure == "detgain" for cell in profile.cells):
             train_teacher(work, profile)  # once, before the seeds that share it
         jobs = [(work, data, args.profile, seed, seeds, args.out, args.reference, start) for seed in seeds]
         if args.jobs == 1:

@@ -6,6 +6,8 @@ becomes ``w * h``. Note that pycocotools' box evaluation overwrites ``ignore`` w
 evaluation in this package follows pycocotools exactly, so ``ignore`` is carried through the data
 model (and by the training engine) but does not change mAP. The optional ``unverified`` flag (0 or 1,
 validated, kept as written; absent means 0) marks a box not yet confirmed, which training dampens.
+The optional image flag ``incomplete`` (0 or 1, validated, kept as written; absent means 0) says that
+the image's boxes are not all of its objects: training then takes no background loss on it.
 """
 
 from __future__ import annotations
@@ -221,9 +223,9 @@ def validate_coco(
     Checks: top-level structure, missing keys, wrong types, duplicate ids, non-positive image or box
     width/height, boxes beyond the image by more than ``box_tolerance`` pixels, unknown ``category_id``,
     annotations of missing images, non-positive annotation ids (pycocotools reads id 0 as "unmatched"),
-    ``iscrowd``/``ignore`` outside {0, 1}, negative ``area``; with ``image_root``, image files that do
-    not exist, cannot be decoded, or whose size differs from the record. Collection stops after
-    ``MAX_PROBLEMS`` problems.
+    ``iscrowd``/``ignore``/``unverified`` and the image's ``incomplete`` outside {0, 1}, negative
+    ``area``; with ``image_root``, image files that do not exist, cannot be decoded, or whose size
+    differs from the record. Collection stops after ``MAX_PROBLEMS`` problems.
     """
     out = _Collector(file)
     if not isinstance(raw, dict):
@@ -307,9 +309,17 @@ def _check_images(records: list[Any], out: _Collector) -> dict[int, tuple[float,
             out.add(name, "missing key 'file_name'")
         elif not isinstance(fname, str) or not fname:
             out.add(name, f"'file_name' must be a non-empty string; got {fname!r}")
+        _check_flags(img, ("incomplete",), name, out)
         if ok and _is_int(iid) and iid in sizes:
             sizes[iid] = (float(img["width"]), float(img["height"]))
     return sizes
+
+
+def _check_flags(record: dict[str, Any], keys: tuple[str, ...], name: str, out: _Collector) -> None:
+    """Optional 0/1 flags of a record."""
+    for key in keys:
+        if key in record and (record[key] not in (0, 1) or isinstance(record[key], float)):
+            out.add(name, f"'{key}' must be 0 or 1; got {record[key]!r}")
 
 
 _REQUIRED_ANN_KEYS = ("id", "image_id", "category_id", "bbox")
@@ -394,9 +404,7 @@ def _check_bbox(bbox: Any, name: str, size: tuple[float, float] | None, tol: flo
 
 
 def _check_ann_optional(ann: dict[str, Any], name: str, out: _Collector) -> None:
-    for key in ("iscrowd", "ignore", "unverified"):
-        if key in ann and (ann[key] not in (0, 1) or isinstance(ann[key], float)):
-            out.add(name, f"'{key}' must be 0 or 1; got {ann[key]!r}")
+    _check_flags(ann, ("iscrowd", "ignore", "unverified"), name, out)
     if "area" in ann:
         area = ann["area"]
         if not _is_number(area):

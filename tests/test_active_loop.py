@@ -120,6 +120,59 @@ def test_a_run_interrupted_inside_a_round_resumes_to_the_same_result(data: Path,
         run_active_learning(active_learning_config_from_dict(_raw(data, seed=1)), tmp_path / "c")
 
 
+def test_write_labels_flags_only_box_joined_images_incomplete(data: Path, tmp_path: Path) -> None:
+    gt = load_coco(data / "train" / "annotations.json")
+    with_boxes = [img["id"] for img in gt.images if gt.annotations_by_image[img["id"]]]
+    full, joined = with_boxes[:2], with_boxes[2:4]
+    verified = {}
+    for image_id in joined:
+        first = gt.annotations_by_image[image_id][0]
+        x, y, w, h = first["bbox"]
+        verified[image_id] = [{"box": [x, y, x + w, y + h], "category_id": first["category_id"], "gt_id": first["id"]}]
+    state = LabelState(full=full, verified=verified, cost=5)
+    flags = {}
+    for incomplete in (False, True):
+        write_labels(gt, state, tmp_path / f"{incomplete}.json", incomplete=incomplete)
+        labels = load_coco(tmp_path / f"{incomplete}.json")
+        flags[incomplete] = {img["id"]: img.get("incomplete") for img in labels.images}
+    assert set(flags[False]) == set(flags[True]) == set(full) | set(joined)
+    assert set(flags[False].values()) == {None}  # partial_background: loss writes the records as they are
+    assert flags[True] == {**{i: None for i in full}, **{i: 1 for i in joined}}
+    assert all("incomplete" not in img for img in gt.images)  # the pool's records are not modified
+
+
+def test_ignore_writes_box_joined_images_incomplete_and_identifies_its_run(data: Path, tmp_path: Path) -> None:
+    # match_iou 0.05: the untrained detector's random pool boxes then hit objects, so images join
+    ignore = active_learning_config_from_dict(_raw(data, partial_background="ignore", match_iou=0.05))
+    result = run_active_learning(ignore, tmp_path / "a")
+    round0 = json.loads((tmp_path / "a" / "round_0" / "labels.json").read_text())
+    round1 = json.loads((tmp_path / "a" / "round_1" / "labels.json").read_text())
+    initial = {img["id"] for img in round0["images"]}
+    assert all("incomplete" not in img for img in round0["images"])
+    joined = {img["id"] for img in round1["images"]} - initial
+    assert result.rounds[1]["objects"] > 0 and joined
+    assert {img["id"] for img in round1["images"] if img.get("incomplete") == 1} == joined
+    assert all("incomplete" not in img for img in round1["images"] if img["id"] in initial)
+    plan = json.loads((tmp_path / "a" / "round_1" / "plan.json").read_text())
+    assert plan["config"]["partial_background"] == "ignore"
+    # the field identifies a run, not its round 0: the same round-0 folder serves a loss run
+    loss = active_learning_config_from_dict(_raw(data, partial_background="loss", match_iou=0.05, rounds=0))
+    with pytest.raises(ConfigError, match=r"partial_background: .* holds a run of another configuration "
+                                          r"\(partial_background is 'ignore' there\)"):
+        run_active_learning(loss, tmp_path / "a")
+    shutil.copytree(tmp_path / "a" / "round_0", tmp_path / "b" / "round_0")
+    assert run_active_learning(loss, tmp_path / "b").points == result.points[:1]
+    # a state written before the field existed is a run of its default, loss
+    state_path = tmp_path / "b" / "state.json"
+    state = json.loads(state_path.read_text())
+    del state["config"]["partial_background"]
+    state_path.write_text(json.dumps(state))
+    assert run_active_learning(loss, tmp_path / "b").points == result.points[:1]
+    with pytest.raises(ConfigError, match=r"\(partial_background is 'loss' there\)"):
+        run_active_learning(active_learning_config_from_dict(_raw(data, partial_background="ignore", match_iou=0.05,
+                                                                  rounds=0)), tmp_path / "b")
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"colour": 1}, r"colour: unknown field; valid fields: base, train_annotations, .*match_iou"),
     ({"level": "diagonal"}, r"level: invalid value 'diagonal'; valid choices: box, image"),
@@ -127,6 +180,10 @@ def test_a_run_interrupted_inside_a_round_resumes_to_the_same_result(data: Path,
     ({"measure": "coreset"}, r"measure: box-level coreset needs RoI features \(model.detector faster_rcnn\)"),
     ({"overrides": {"model.detector": "faster_rcnn"}}, r"noisy_score_thresh: faster_rcnn does not dampen unverified"),
     ({"measure": "detgain"}, r"teacher is needed by measure detgain, and by it only"),
+    ({"partial_background": "drop"}, r"partial_background: invalid value 'drop'; valid choices: loss, ignore"),
+    ({"partial_background": "ignore", "level": "image"}, r"partial_background 'ignore' applies to level box"),
+    ({"partial_background": "ignore", "noisy_score_thresh": None, "overrides": {"model.detector": "faster_rcnn"}},
+     r"partial_background: faster_rcnn has no loss for incomplete images"),
     ({"level": "image", "measure": "detgain"}, r"measure 'detgain' is not an image-level measure; valid choices: "
                                                r"random, uncertainty, coreset"),
     ({"measure": "detgain", "teacher": "/nonexistent/teacher.pt"}, r"teacher: checkpoint /nonexistent/teacher.pt "

@@ -23,9 +23,17 @@ Fields (unknown fields are errors that list the valid ones)::
     noisy_score_thresh: 0.3       # unverified predicted boxes kept as noisy labels (box level; null: none)
     unverified_weight: 0.5        # lambda_d: the loss weight of the noisy labels
     match_iou: 0.5                # the annotator snaps a box to its best ground truth at IoU >= this
+    partial_background: loss      # box level: images joined through box queries train their background
+                                  # as negatives (loss, the paper's) or not at all (ignore: "incomplete": 1)
 
 Round ``r`` trains ``base`` with ``schedule.max_iter`` = ``initial_iters`` (``r = 0``) or
 ``round_iters``, ``train.seed`` = ``seed`` and ``model.unverified_weight`` = ``unverified_weight``.
+
+``partial_background``: an image that joins the labelled set through a verified box keeps its other
+objects unlabelled, so with ``loss`` the detector learns to call them background (missing labels).
+``ignore`` writes those images with ``"incomplete": 1`` in the round's training set, and the
+one-stage losses then give their negatives no classification loss (``curation_core.losses.weights``);
+fully labelled images (round 0, image-level picks) are unchanged. It needs a one-stage detector.
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ LEVELS = ("box", "image")
 MEASURES = {"box": ("random", "uncertainty", "coreset", "detgain"), "image": ("random", "uncertainty", "coreset")}
 Level = Literal["box", "image"]
 Measure = Literal["random", "uncertainty", "coreset", "detgain"]
+#: What the background of a partly labelled (box-joined) image trains: negatives, or nothing.
+PartialBackground = Literal["loss", "ignore"]
 
 
 class ActiveLearningConfig(BaseModel):
@@ -81,6 +91,9 @@ class ActiveLearningConfig(BaseModel):
                                               "above this score are noisy labels (null: none)")
     unverified_weight: Float = Field(0.5, ge=0.0, le=1.0, description="lambda_d: loss weight of noisy labels")
     match_iou: Float = Field(0.5, gt=0.0, le=1.0, description="annotator: IoU to snap a box to its ground truth")
+    partial_background: PartialBackground = Field(
+        "loss", description="box level: background of images joined through box queries is trained as negative "
+                            "(loss) or takes no loss (ignore: written with \"incomplete\": 1)")
 
     @model_validator(mode="after")
     def _check(self) -> ActiveLearningConfig:
@@ -92,6 +105,9 @@ class ActiveLearningConfig(BaseModel):
         if (self.measure == "detgain") != (self.teacher is not None):
             raise ValueError(f"teacher is needed by measure detgain, and by it only; got measure {self.measure!r} "
                              f"with teacher {self.teacher!r}")
+        if self.partial_background != "loss" and self.level != "box":
+            raise ValueError(f"partial_background {self.partial_background!r} applies to level box (image-level "
+                             f"picks are fully labelled); got level {self.level!r}")
         if self.noisy_score_thresh is not None and self.noisy_score_thresh < self.pool_score_thresh:
             raise ValueError(f"noisy_score_thresh ({self.noisy_score_thresh}) must be >= pool_score_thresh "
                              f"({self.pool_score_thresh}): noisy labels are pool boxes")
@@ -179,8 +195,8 @@ def round_training_config(config: ActiveLearningConfig, *, round_index: int, out
 def check_round_config(config: ActiveLearningConfig, train_config: TrainConfig, *,
                        source: str = "<active-learning config>") -> None:
     """What the rounds need of their training config: a validation set, no online curation, and a
-    detector that supports the level's noisy labels and the measure. ``ConfigError``, one line naming
-    the field."""
+    detector that supports the level's noisy labels, ``partial_background`` and the measure.
+    ``ConfigError``, one line naming the field."""
     if train_config.data.val_annotations is None:
         raise ConfigError(f"{source}: val_annotations: every round is evaluated on a validation set; give "
                           f"val_annotations and val_images (the base config has none)")
@@ -191,6 +207,10 @@ def check_round_config(config: ActiveLearningConfig, train_config: TrainConfig, 
         raise ConfigError(f"{source}: noisy_score_thresh: faster_rcnn does not dampen unverified boxes "
                           f"(model.unverified_weight applies to retinanet and fcos); set noisy_score_thresh: null "
                           f"(no noisy labels) or use retinanet or fcos")
+    if config.partial_background == "ignore" and train_config.model.detector == "faster_rcnn":
+        raise ConfigError(f"{source}: partial_background: faster_rcnn has no loss for incomplete images (their "
+                          f"background is sampled as negative); set partial_background: loss or use retinanet or "
+                          f"fcos")
     if config.level == "box" and config.measure == "coreset" and train_config.model.detector != "faster_rcnn":
         raise ConfigError(f"{source}: measure: box-level coreset needs RoI features (model.detector faster_rcnn); "
                           f"{train_config.model.detector} has none (as in Desai & Balasubramanian); valid "

@@ -11,7 +11,9 @@ Detection" (CVPRW 2020):
    ``noisy_score_thresh`` join it as noisy labels (COCO ``"unverified": 1``), which the losses weigh by
    lambda_d (``model.unverified_weight``, the paper's dampened loss), and they stay in the pool for
    later rounds (refreshed from each round's detector); boxes answered background leave the pool and
-   are no label;
+   are no label. Its unqueried objects are unlabelled: with ``partial_background: loss`` (the paper's)
+   the detector trains them as background; with ``ignore`` the image is written with
+   ``"incomplete": 1``, and its negatives take no classification loss;
 4. the detector is retrained (fine-tuned from the previous round, or from scratch), evaluated on the
    validation set, and the next round starts.
 
@@ -24,7 +26,9 @@ Output folder: ``round_R/`` per round (``labels.json``: the COCO training set of
 ``checkpoint.pt``, ``config.yaml`` and ``metrics.json``) and ``state.json`` (written after every
 completed round: the labelling state, the cost and the curve ``points`` of ``[boxes, AP]``). A killed
 run continues at the last completed round: a round with a ``plan.json`` keeps its picks, and its
-training resumes from its checkpoint.
+training resumes from its checkpoint. A folder continues only the configuration it was made with
+(every field but ``rounds``; round 0 only ``ROUND0_FIELDS``); a field missing from a saved
+configuration, written before the field existed, counts as its default.
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ LABELS_NAME = "labels.json"
 #: Version of ``state.json`` and ``plan.json``.
 STATE_VERSION = 1
 #: The fields round 0 depends on: a round-0 folder may be shared by runs that differ only in the others
-#: (the benchmark trains one initial detector per seed for every level and measure).
+#: (the benchmark trains one initial detector per seed for every level, measure and partial_background:
+#: round 0's images are fully labelled, so partial_background does not change it).
 ROUND0_FIELDS = ("base", "train_annotations", "train_images", "val_annotations", "val_images", "seed",
                  "initial_images", "initial_iters", "unverified_weight")
 
@@ -147,7 +152,7 @@ def run_active_learning(config: ActiveLearningConfig, out_dir: str | os.PathLike
         else:
             state, details = (_initial_state(config, gt) if r == 0 else
                               _query_round(config, gt, state, out / f"round_{r - 1}", r, progress))
-            write_labels(gt, state, round_dir / LABELS_NAME)
+            write_labels(gt, state, round_dir / LABELS_NAME, incomplete=config.partial_background == "ignore")
             write_json_atomic(plan_path, {"version": STATE_VERSION, "round": r, "config": config.model_dump(mode="json"),
                                           "state": state.to_dict(), "details": details}, indent=1)
         stats = _train_round(config, r, round_dir, out, source, progress, list(hooks(r)) if hooks else [])
@@ -179,10 +184,13 @@ def _check_same(config: ActiveLearningConfig, saved: dict[str, Any] | None, fiel
     if saved is None:
         return
     names = fields if fields is not None else [k for k in mine if k != "rounds"]
-    diff = next((k for k in names if saved.get(k) != mine[k]), None)
+    defaults = {k: f.default for k, f in ActiveLearningConfig.model_fields.items() if not f.is_required()}
+    # A field the saved file lacks predates it: that run had the field's default (behaviour unchanged).
+    theirs = {k: saved.get(k, defaults.get(k)) for k in names}
+    diff = next((k for k in names if theirs[k] != mine[k]), None)
     if diff is not None:
         raise ConfigError(f"{source}: {diff}: {where.parent} holds a run of another configuration ({diff} is "
-                          f"{saved.get(diff)!r} there); choose another --out")
+                          f"{theirs[diff]!r} there); choose another --out")
 
 
 def _initial_state(config: ActiveLearningConfig, gt: CocoDataset) -> tuple[LabelState, dict[str, Any]]:
@@ -326,12 +334,18 @@ def _box_features(detector: Any, gt: CocoDataset, image_root: str, pool: BoxPool
             np.stack(labelled) if labelled else np.zeros((0, width)))
 
 
-def write_labels(gt: CocoDataset, state: LabelState, path: str | os.PathLike[str]) -> None:
+def write_labels(gt: CocoDataset, state: LabelState, path: str | os.PathLike[str], *,
+                 incomplete: bool = False) -> None:
     """Write the round's COCO training set: fully labelled images with their ground truth, box-level
-    images with their verified boxes and their noisy labels (``"unverified": 1``); atomically."""
+    images with their verified boxes and their noisy labels (``"unverified": 1``); atomically.
+
+    ``incomplete``: box-level images (not in ``state.full``) are written with ``"incomplete": 1`` (their
+    other objects are unlabelled; ``partial_background: ignore``). Fully labelled images never are.
+    """
     annotations: list[dict[str, Any]] = []
+    full = set(state.full)
     for image_id in state.labelled_images():
-        if image_id in set(state.full):
+        if image_id in full:
             boxes = [(a["bbox"], a["category_id"], 0) for a in gt.annotations_by_image[image_id] if not a["iscrowd"]]
         else:
             boxes = [(_xywh(v["box"]), v["category_id"], 0) for v in state.verified[image_id]]
@@ -343,8 +357,9 @@ def write_labels(gt: CocoDataset, state: LabelState, path: str | os.PathLike[str
                 ann["unverified"] = 1
             annotations.append(ann)
     keep = set(state.labelled_images())
-    write_json_atomic(path, {"images": [img for img in gt.images if int(img["id"]) in keep],
-                             "annotations": annotations, "categories": gt.categories})
+    images = [({**img, "incomplete": 1} if incomplete and int(img["id"]) not in full else img)
+              for img in gt.images if int(img["id"]) in keep]
+    write_json_atomic(path, {"images": images, "annotations": annotations, "categories": gt.categories})
 
 
 def _train_round(config: ActiveLearningConfig, r: int, round_dir: Path, out: Path, source: str,

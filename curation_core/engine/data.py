@@ -9,7 +9,9 @@ resize/crop/flip of the stored image, ``view`` float64 (4,) (``make_view``). Ima
 (``iscrowd=1``) are never training targets; annotations with ``ignore=1`` are, and their flag is
 kept in ``target["ignore"]`` (bool (N,)): the losses train them as ignored regions. Likewise
 ``"unverified": 1`` (a box not yet confirmed) is kept in ``target["unverified"]`` (bool (N,)), which
-the losses dampen (``model.unverified_weight``).
+the losses dampen (``model.unverified_weight``). An image record with ``"incomplete": 1`` (its boxes
+are not all of its objects) gives ``target["incomplete"]`` True (bool (), False otherwise): the one-stage
+losses then train none of its background as negative (``curation_core.losses.weights``).
 
 Determinism: the batch for iteration ``i`` depends only on (seed, i). Sample ``g = i * batch_size + j``
 of the infinite stream is position ``g mod n`` of epoch ``g // n``, whose order is a permutation drawn
@@ -41,7 +43,7 @@ _REPEAT_DOMAIN = 2  # stochastic rounding of per-image sampling weights (data.ma
 #: Boxes narrower or lower than this (pixels) after clipping to the image are dropped (degenerate).
 MIN_BOX_SIDE = 1e-2
 #: Image-level keys of a target; every other tensor with a first dimension holds one row per box.
-IMAGE_KEYS = frozenset({"image_id", "position", "view"})
+IMAGE_KEYS = frozenset({"image_id", "position", "view", "incomplete"})
 
 Target = dict[str, torch.Tensor]
 
@@ -77,8 +79,9 @@ def label_map(category_ids: Sequence[int]) -> dict[int, int]:
 
 
 def build_target(annotations: Sequence[dict[str, Any]], labels: dict[int, int], *, image_id: int,
-                 width: float, height: float) -> Target:
-    """Training target of one image from its COCO annotations (xywh -> xyxy, clipped, crowds left out)."""
+                 width: float, height: float, incomplete: bool = False) -> Target:
+    """Training target of one image from its COCO annotations (xywh -> xyxy, clipped, crowds left out);
+    ``incomplete``: the image record's flag (its boxes are not all of its objects)."""
     kept = [a for a in annotations if not a.get("iscrowd", 0)]
     if kept:
         xywh = torch.tensor([a["bbox"] for a in kept], dtype=torch.float32)
@@ -92,6 +95,7 @@ def build_target(annotations: Sequence[dict[str, Any]], labels: dict[int, int], 
         "ignore": torch.tensor([bool(a.get("ignore", 0)) for a in kept], dtype=torch.bool),
         "unverified": torch.tensor([bool(a.get("unverified", 0)) for a in kept], dtype=torch.bool),
         "image_id": torch.tensor(image_id, dtype=torch.int64),
+        "incomplete": torch.tensor(bool(incomplete), dtype=torch.bool),
     }
     return clip_target(target, width=width, height=height)
 
@@ -242,7 +246,7 @@ class DetectionDataset(Dataset):
             raise DataError(f"{self.image_root / record['file_name']}: image id={record['id']}: is {width}x{height} "
                             f"but the record says {record['width']}x{record['height']}")
         target = build_target(self.dataset.annotations_by_image[record["id"]], self.labels, image_id=record["id"],
-                              width=width, height=height)
+                              width=width, height=height, incomplete=bool(record.get("incomplete", 0)))
         if self.transform is not None:
             stream = 0 if position is None else position
             rng = np.random.default_rng([self.seed, _AUGMENT_DOMAIN, stream])

@@ -1,4 +1,5 @@
-"""Training losses of the one-stage detectors: ignore regions, BRL, dampened unverified boxes, PISA.
+"""Training losses of the one-stage detectors: ignore regions, dampened unverified boxes, incomplete
+images, BRL, PISA.
 
 torchvision's RetinaNet and FCOS train every annotated box as a positive. The subclasses here replace
 their loss at the seams that see targets and assignments together (``build_detector`` installs them,
@@ -15,6 +16,10 @@ What they add, selected by ``OneStageLoss`` (from ``model.loss``, ``model.brl``,
 - dampening: anchors assigned to a box with ``target["unverified"]`` weigh ``unverified_weight`` in the
   classification, regression (and FCOS centerness) sums; the normalisers (foreground counts) are not
   weighted, so a dampened box contributes that fraction of its loss;
+- incomplete images, always: on an image with ``target["incomplete"]`` (its boxes are not all of its
+  objects) the negatives, anchors (locations) assigned to no box, BRL's confusion anchors included, take no
+  classification loss: an unlabelled object is not trained as background. Positives, regression,
+  centerness and the normalisers are unchanged (``curation_core.losses.weights``);
 - ``loss: brl`` (RetinaNet): anchors split by IoU into positives, ignored, negatives and confusion
   anchors, the last trained with the recalibrated loss (``curation_core.losses.brl``);
 - ``pisa`` (RetinaNet): ISR-P reweights the positives' classification losses by their IoU-HLR
@@ -57,7 +62,13 @@ from curation_core.losses.brl import (
     background_recalibration_loss,
 )
 from curation_core.losses.pisa import ISR_P_BETA, ISR_P_GAMMA, carl_weights, isr_weights
-from curation_core.losses.weights import anchor_weights, box_flags, box_weights, ignore_assigned
+from curation_core.losses.weights import (
+    anchor_weights,
+    box_flags,
+    box_weights,
+    ignore_assigned,
+    image_negative_weight,
+)
 from curation_core.samplers.pisa import iou_hlr
 
 #: torchvision's box-loss epsilon for the IoU losses, and its smooth-L1 beta when none is configured.
@@ -148,8 +159,8 @@ class LossRetinaNet(RetinaNet):
         """Each image's loss terms, ``{"classification", "bbox_regression"[, "bbox_carl"]}`` -> (N,).
 
         ``targets`` have labels 0..K-1 (``boxes`` (n, 4) xyxy pixels, optional ``ignore`` /
-        ``unverified`` bool (n,)); ``head_outputs`` ``cls_logits`` (N, A, K) and ``bbox_regression``
-        (N, A, 4); ``anchors`` N tensors (A, 4) xyxy. Each term of image i is its sum over anchors divided
+        ``unverified`` bool (n,) and ``incomplete`` bool ()); ``head_outputs`` ``cls_logits`` (N, A, K)
+        and ``bbox_regression`` (N, A, 4); ``anchors`` N tensors (A, 4) xyxy. Each term of image i is its sum over anchors divided
         by max(1, positives of image i); their mean over images is the batch loss.
         """
         pieces = [self._image_loss(target, logits, deltas, anchors_i) for target, logits, deltas, anchors_i in
@@ -182,7 +193,8 @@ class LossRetinaNet(RetinaNet):
     def _image_loss(self, target: dict[str, Tensor], logits: Tensor, deltas: Tensor, anchors: Tensor) -> _ImageLoss:
         options = self.loss_options
         matched = self.assign(target, anchors)
-        weights = anchor_weights(matched, box_weights(target, unverified_weight=options.unverified_weight))
+        weights = anchor_weights(matched, box_weights(target, unverified_weight=options.unverified_weight),
+                                 negative_weight=image_negative_weight(target))
         positives = torch.where(matched >= 0)[0]
         assigned = matched[positives]
         onehot = torch.zeros_like(logits)
@@ -271,7 +283,8 @@ class LossFCOSHead(FCOSHead):
 
     ``compute_loss`` receives torchvision's assignment (``FCOS.compute_loss``: a location inside a box,
     near its centre and in its level's scale range, takes the smallest such box). Locations assigned
-    to an ignored box take no loss; those assigned to an unverified box weigh ``unverified_weight``.
+    to an ignored box take no loss; those assigned to an unverified box weigh ``unverified_weight``;
+    on an image flagged ``incomplete`` the background locations take no classification loss.
     Terms are sums over the batch divided by max(1, foreground locations of the batch), as torchvision.
     """
 
@@ -291,7 +304,8 @@ class LossFCOSHead(FCOSHead):
         for target, matched_i in zip(targets, matched_idxs, strict=True):
             codes = ignore_assigned(matched_i, box_flags(target, "ignore"), code=IGNORED)
             matched.append(codes)
-            weights.append(anchor_weights(codes, box_weights(target, unverified_weight=self.loss_options.unverified_weight)))
+            box_weight = box_weights(target, unverified_weight=self.loss_options.unverified_weight)
+            weights.append(anchor_weights(codes, box_weight, negative_weight=image_negative_weight(target)))
             if target["labels"].numel() == 0:  # an image without boxes: every location is background
                 gt_classes.append(target["labels"].new_zeros(codes.shape))
                 gt_boxes.append(target["boxes"].new_zeros((codes.numel(), 4)))

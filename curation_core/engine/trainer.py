@@ -567,6 +567,11 @@ def _load_data(config: TrainConfig) -> tuple[CocoDataset, CocoDataset | None]:
         raise DataError(f"{data.train_annotations}: <file>: the training set has no images")
     if not train_gt.categories:
         raise DataError(f"{data.train_annotations}: <file>: the training set has no categories")
+    incomplete = next((img for img in train_gt.images if img.get("incomplete", 0)), None)
+    if incomplete is not None and config.model.detector == "faster_rcnn":
+        raise DataError(f"{data.train_annotations}: image id={incomplete['id']}: is flagged incomplete, which "
+                        f"faster_rcnn does not train (no background rule for partly labelled images); use fcos "
+                        f"or retinanet")
     if data.val_annotations is None:
         return train_gt, None
     val_gt = load_coco(data.val_annotations, **({"image_root": data.val_images} if data.check_images else {}))

@@ -17,6 +17,10 @@ by the thin subclasses here (same submodules, same state dict; inference is torc
   ``fastrcnn_loss`` (which takes no weights): ISR-P and ISR-N on the classification loss and CARL
   as an extra ``loss_carl`` term (``pisa_parts`` selects a subset, for ablations).
 
+Incomplete images (``target["incomplete"]``, whose boxes are not all of their objects) have no
+training rule here: the RPN and RoI samplers would draw their background from unlabelled objects.
+``IgnoreRegionRPN`` refuses such targets (``ValueError``) rather than train them as complete.
+
 ``roi_losses`` is also what ``losses.per_image_rcnn`` evaluates on each image's slice, so per-image
 losses follow the same configuration: ignore regions and the sampler apply as in training; ISR
 keeps the classification total of the samples it is computed over, so on one image it leaves that
@@ -37,6 +41,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import box_iou
 
 from curation_core.losses.pisa import ISR_N_BETA, ISR_N_GAMMA, ISR_P_BETA, ISR_P_GAMMA, carl_loss, isr_weights
+from curation_core.losses.weights import image_flag
 from curation_core.samplers.ignore import covered_by_regions, split_ignored
 from curation_core.samplers.libra import BinRange, sample_instance_balanced, sample_iou_balanced
 from curation_core.samplers.pisa import iou_hlr, score_hlr
@@ -94,7 +99,10 @@ class IgnoreRegionRPN(RegionProposalNetwork):
                                   targets: list[dict[str, Tensor]]) -> tuple[list[Tensor], list[Tensor]]:
         """torchvision's labels (1 fg, 0 bg, -1 discarded) and matched boxes, with ignored boxes as regions."""
         regular, regions = [], []
-        for target in targets:
+        for i, target in enumerate(targets):
+            if image_flag(target, "incomplete"):
+                raise ValueError(f"IgnoreRegionRPN(targets=) expects complete images (faster_rcnn has no loss for "
+                                 f"partly labelled ones; use fcos or retinanet); got incomplete=True at image {i}.")
             boxes, labels, ignored = split_ignored(target)
             regular.append({"boxes": boxes, "labels": labels})
             regions.append(ignored)

@@ -64,7 +64,8 @@ def score_forward(model: nn.Module, images: list[Tensor], targets: list[dict[str
         Already at the model's training size: they are normalised and padded, never resized.
     targets : list of N dicts, or None
         ``"boxes"`` (n, 4) float xyxy absolute pixels with x1 > x0, y1 > y0, ``"labels"`` (n,) int64 in
-        1..K; other keys ("ann_ids", "ignore", "image_id", "position", ...) are carried and ignored.
+        1..K; the flags the losses read (``ignore``, ``unverified`` per box, ``incomplete`` per image)
+        are optional; other keys ("ann_ids", "image_id", "position", ...) are carried and ignored.
         Required when ``losses`` is True. Images without boxes are legal.
     losses, detections : bool
         What to compute; at least one must be True.
@@ -74,7 +75,7 @@ def score_forward(model: nn.Module, images: list[Tensor], targets: list[dict[str
     ScoringOutput
         ``losses[i]`` is image i's training loss, computed by the model's own loss code and so with its
         loss configuration (``curation_core.engine.one_stage``: ignore regions, BRL, dampened
-        unverified boxes, PISA), with the terms normalised within the image: RetinaNet: classification
+        unverified boxes, incomplete images, PISA), with the terms normalised within the image: RetinaNet: classification
         (focal or BRL, summed over non-ignored anchors) + box regression (the head's ``_loss_type``)
         [+ CARL], each / max(1, foreground anchors of image i), from one pass over the batch (PISA's
         ranks and normalisations are the batch's), so their mean over the batch is the model's
