@@ -114,6 +114,14 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     # forward per scored view; its effect on final AP against detgain-uniform-std
     "detgain-uniform-cache-std": ({"method": "detgain", "estimator": "uniform", "teacher_cache": True},
                                   "standard"),
+    # the other two cost controls, on top of the teacher cache (the cheapest curated step): a super-batch
+    # twice the profile's (``super_batch_factor``: B = 64 of the cpu profile, b = 16 kept, 4x the scoring of
+    # a plain step's images), and the same super-batch scored every 2nd step with 2b kept from it (the
+    # scoring cost per step of B = 32); their effect on final AP against detgain-uniform-cache-std
+    "detgain-uniform-cache-b2x-std": ({"method": "detgain", "estimator": "uniform", "teacher_cache": True,
+                                       "super_batch_factor": 2}, "standard"),
+    "detgain-uniform-cache-b2x-every2-std": ({"method": "detgain", "estimator": "uniform", "teacher_cache": True,
+                                              "super_batch_factor": 2, "score_every": 2}, "standard"),
     # curated for the first quarter of the schedule, plain after it (``stop_fraction`` -> ``curation.stop_iter``):
     # 600 of the cpu profile's 2,400 iterations, the length at which DetGain led plain training on the
     # development data set (a 600-iteration schedule, README); one value, not tuned
@@ -205,11 +213,12 @@ class Bench:
         annotations = self.noisy_annotations() if noisy else self.data() / "train" / "annotations.json"
         overrides = self._common(seed=seed, output=output, annotations=annotations)
         overrides += [f"augment.{k}={v}" for k, v in AUGMENTS[augment].items()]
-        overrides += [f"curation.{k}={v}" for k, v in curation.items() if k != "stop_fraction"]
+        derived = ("stop_fraction", "super_batch_factor")  # turned into training keys below
+        overrides += [f"curation.{k}={v}" for k, v in curation.items() if k not in derived]
         if "stop_fraction" in curation:
             overrides.append(f"curation.stop_iter={round(curation['stop_fraction'] * self.profile.iterations)}")
         if curation["method"] != "none":
-            overrides.append(f"curation.super_batch={self.profile.super_batch}")
+            overrides.append(f"curation.super_batch={self.profile.super_batch * curation.get('super_batch_factor', 1)}")
         if curation["method"] in ("loss_learnability", "image_ap", "detgain"):
             weak = setting == "weak-teacher"
             iterations = self.profile.weak_teacher_iterations if weak else self.profile.teacher_iterations

@@ -141,3 +141,8 @@ def test_cost_control_and_early_variants_reach_the_training_config(tmp_path: Pat
     assert "augment.preset=standard" in cache and not any(o.startswith("curation.stop_iter") for o in cache)
     early = bench.run_overrides("clean", "detgain-empirical-early-std", 0, tmp_path / "run")
     assert "curation.stop_iter=600" in early and not any("stop_fraction" in o for o in early)
+    pooled = bench.run_overrides("clean", "detgain-uniform-cache-b2x-every2-std", 0, tmp_path / "run")
+    assert "curation.super_batch=64" in pooled and "curation.score_every=2" in pooled
+    assert "curation.teacher_cache=True" in pooled and not any("factor" in o for o in pooled)
+    assert "curation.super_batch=32" in cache and "curation.super_batch=64" in bench.run_overrides(
+        "clean", "detgain-uniform-cache-b2x-std", 0, tmp_path / "run")
