@@ -2,14 +2,15 @@
 
     python benchmarks/bench_active_learning.py --profile fcos --out benchmarks/results/active_learning_fcos.json
     python benchmarks/bench_active_learning.py --profile fcos-ignore --out benchmarks/results/active_learning_fcos_ignore.json
+    python benchmarks/bench_active_learning.py --profile frcnn --out benchmarks/results/active_learning_frcnn.json --no-reference
     python benchmarks/bench_active_learning.py                  # the first CPU profile, RetinaNet (resumable)
     python benchmarks/bench_active_learning.py --profile smoke  # seconds: the test's profile (also smoke-ignore)
     python benchmarks/bench_active_learning.py --report-only    # JSON, table and plot of what is finished
 
 Cells: (level, measure, seed) for the profile's ``Cell``s (level, measure, partial_background): box and
 image level with random and uncertainty (the main comparison of Desai & Balasubramanian, CVPRW 2020);
-the ``fcos`` profile adds the box's DetGain and the image-level core-set (box-level core-set needs
-Faster R-CNN's RoI features). The detgain measure's teacher is FCOS tiny trained once on its own
+the ``fcos`` profile adds the box's DetGain and the image-level core-set; box-level core-set needs
+Faster R-CNN's RoI features, so it runs in the ``frcnn`` profile (the ``fcos`` scale, Faster R-CNN). The detgain measure's teacher is FCOS tiny trained once on its own
 synthetic data set (seed ``DATA_SEED + 1``): like a detector trained on other data, it has never seen
 the pool's labels. After a seed's cells, the full-supervision reference trains on the whole pool for as
 many iterations as a cell's rounds in all (``--no-reference`` skips it). Each cell is one
@@ -104,7 +105,7 @@ class Profile:
     round_iters: int
     batch_size: int
     pool_score_thresh: float = 0.05
-    noisy_score_thresh: float = 0.3
+    noisy_score_thresh: float | None = 0.3
     detector: str = "retinanet"
     lr: float = 0.004
     #: Cells compared.
@@ -142,6 +143,12 @@ PROFILES["fcos-ignore"] = replace(PROFILES["fcos"], cells=IGNORE_CELLS)
 #: anchor-shaped boxes at IoU 0.05 do, so images join through box queries and are flagged.)
 PROFILES["smoke-ignore"] = replace(PROFILES["smoke-detgain"], cells=IGNORE_CELLS, detector="retinanet", lr=0.004,
                                    match_iou=0.05)
+#: Box-level core-set needs RoI features, so Faster R-CNN (nano backbone, the same recipe): the ``fcos``
+#: profile's scale unchanged, not tuned for this detector; no noisy labels (Faster R-CNN does not dampen
+#: unverified boxes, so ``noisy_score_thresh`` is null); box level with random, uncertainty and core-set.
+PROFILES["frcnn"] = replace(PROFILES["fcos"], detector="faster_rcnn", noisy_score_thresh=None,
+                            cells=(Cell("box", "random"), Cell("box", "uncertainty"), Cell("box", "coreset")),
+                            teacher_images=0, teacher_iters=0)
 LEVELS = ("box", "image")
 MEASURES = ("random", "uncertainty", "coreset", "detgain")
 PARTIAL_BACKGROUNDS = ("loss", "ignore")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,24 @@ def test_the_fcos_ignore_profile_is_the_fcos_scale_with_the_partial_background_c
     assert len({c.label for c in cells}) == 3 and cells[0].label == "box / detgain"
     assert bench.curve_cell({"level": "box", "measure": "detgain"}) == cells[0]  # records written before it
     assert bench.curve_cell({"level": "box", "measure": "detgain", "partial_background": "ignore"}) == cells[1]
+
+
+def test_the_frcnn_profile_is_the_fcos_scale_with_valid_faster_rcnn_core_set_cells(tmp_path: Path, bench) -> None:  # noqa: ANN001
+    from dataclasses import asdict
+
+    fcos, frcnn = asdict(bench.PROFILES["fcos"]), asdict(bench.PROFILES["frcnn"])
+    scale = ("train_images", "val_images", "size", "initial_images", "initial_iters", "rounds", "budget",
+             "round_iters", "batch_size", "pool_score_thresh", "lr", "match_iou")
+    assert {k: frcnn[k] for k in scale} == {k: fcos[k] for k in scale}
+    profile = bench.PROFILES["frcnn"]
+    assert profile.detector == "faster_rcnn" and profile.noisy_score_thresh is None
+    assert ("box", "coreset") in [(c.level, c.measure) for c in profile.cells]
+    for cell in profile.cells:  # the loop's own checks accept every cell (faster_rcnn takes no noisy labels)
+        config = bench.cell_config(tmp_path, profile, level=cell.level, measure=cell.measure, seed=0, rounds=1)
+        assert config.noisy_score_thresh is None and config.measure == cell.measure
+    with pytest.raises(Exception, match="noisy_score_thresh"):  # what the null avoids
+        bench.cell_config(tmp_path, replace(profile, noisy_score_thresh=0.3), level="box", measure="coreset",
+                          seed=0, rounds=1)
 
 
 def test_the_table_and_plot_tell_the_partial_background_apart(tmp_path: Path, bench) -> None:  # noqa: ANN001
