@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_engine_one_stage import _anchors, _outputs  # the same SIZE and K
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.fcos import FCOSHead
-from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import sigmoid_focal_loss
 
 from curation_core.engine.config import ModelConfig
@@ -40,25 +40,6 @@ def _model(detector: str, **fields: object) -> nn.Module:
     config = ModelConfig(detector=detector, backbone="nano", min_size=SIZE, max_size=SIZE, score_thresh=0.0,
                          fpn_channels=channels, **fields)
     return build_detector(config, num_categories=K)
-
-
-def _anchors(model: nn.Module, n: int) -> tuple[list[Tensor], list[int]]:
-    with torch.no_grad():
-        batch = ImageList(torch.zeros(n, 3, SIZE, SIZE), [(SIZE, SIZE)] * n)
-        features = list(model.backbone(batch.tensors).values())
-        anchors = model.anchor_generator(batch, features)
-    per_location = len(anchors[0]) // sum(f.shape[2] * f.shape[3] for f in features)
-    return anchors, [f.shape[2] * f.shape[3] * per_location for f in features]
-
-
-def _outputs(model: nn.Module, n: int, count: int, seed: int, *, grad: bool = False) -> dict[str, Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    outputs = {"cls_logits": torch.randn(n, count, K, generator=generator) * 3,
-               "bbox_regression": torch.randn(n, count, 4, generator=generator) * 0.3}
-    if isinstance(model, FCOS):
-        outputs["bbox_regression"] = torch.rand(n, count, 4, generator=generator) * 2
-        outputs["bbox_ctrness"] = torch.randn(n, count, 1, generator=generator)
-    return {k: v.requires_grad_(grad) for k, v in outputs.items()}
 
 
 def _targets(*, incomplete: bool) -> Targets:
